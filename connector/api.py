@@ -1,0 +1,142 @@
+"""Management API (`/api:1/…`): tokens, connectors and connector settings."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from connector import services
+from connector.forms import ConnectorNameForm
+from connector.models import ApiToken, Connector
+from connector.settings_json import form_errors_to_json, form_from_patch, settings_to_json
+
+
+def user_connector(request: Request, connector_id: str) -> Connector:
+    """The connector if the user belongs to it; 404 otherwise (never 403: ids do not leak)."""
+    return get_object_or_404(Connector.objects.for_user(request.user), pk=connector_id)
+
+
+def connector_json(connector: Connector) -> dict:
+    return {"id": connector.id, "name": connector.name, "fqdn": connector.fqdn}
+
+
+def form_errors(form) -> dict[str, str]:
+    return {field: " ".join(str(m) for m in msgs) for field, msgs in form.errors.items()}
+
+
+CONNECTOR_FIELDS = {
+    "id": serializers.CharField(),
+    "name": serializers.CharField(),
+    "fqdn": serializers.CharField(),
+}
+ConnectorOut = inline_serializer("Connector", CONNECTOR_FIELDS)
+NameIn = inline_serializer("ConnectorName", {"name": serializers.CharField(max_length=100)})
+
+
+class TokenView(APIView):
+    """POST {email, password} -> {token, expires}; DELETE revokes the token used to call it."""
+
+    def get_permissions(self):
+        return [AllowAny()] if self.request.method == "POST" else super().get_permissions()
+
+    def get_authenticators(self):
+        # Credentials come in the body; an Authorization header must not get in the way.
+        return [] if self.request.method == "POST" else super().get_authenticators()
+
+    @extend_schema(
+        request=inline_serializer(
+            "TokenRequest", {"email": serializers.EmailField(), "password": serializers.CharField()}
+        ),
+        responses={
+            201: inline_serializer(
+                "Token", {"token": serializers.CharField(), "expires": serializers.DateTimeField()}
+            )
+        },
+    )
+    def post(self, request: Request) -> Response:
+        email, password = request.data.get("email"), request.data.get("password")
+        user = None
+        if isinstance(email, str) and isinstance(password, str):
+            user = authenticate(request._request, username=email, password=password)
+        if user is None:
+            return Response(
+                {"detail": "Invalid email or password."},
+                status=status.HTTP_401_UNAUTHORIZED,
+                headers={"WWW-Authenticate": 'Basic realm="api"'},
+            )
+        clear, token = services.create_api_token(user)
+        return Response({"token": clear, "expires": token.expires_at}, status=201)
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request: Request) -> Response:
+        if not isinstance(request.auth, ApiToken):
+            return Response(
+                {"detail": "Call this with the token to revoke (Authorization: token …)."},
+                status=400,
+            )
+        services.revoke_api_token(request.auth)
+        return Response(status=204)
+
+
+class ConnectorListView(APIView):
+    @extend_schema(responses={200: inline_serializer("ConnectorList", CONNECTOR_FIELDS, many=True)})
+    def get(self, request: Request) -> Response:
+        return Response([connector_json(c) for c in Connector.objects.for_user(request.user)])
+
+    @extend_schema(request=NameIn, responses={201: ConnectorOut})
+    def post(self, request: Request) -> Response:
+        form = ConnectorNameForm(data=request.data if isinstance(request.data, dict) else {})
+        if not form.is_valid():
+            return Response(form_errors(form), status=400)
+        connector = services.create_connector(request.user, form.cleaned_data["name"])
+        return Response(connector_json(connector), status=201)
+
+
+class ConnectorDetailView(APIView):
+    @extend_schema(responses={200: ConnectorOut})
+    def get(self, request: Request, connector_id: str) -> Response:
+        return Response(connector_json(user_connector(request, connector_id)))
+
+    @extend_schema(request=NameIn, responses={200: ConnectorOut})
+    def patch(self, request: Request, connector_id: str) -> Response:
+        connector = user_connector(request, connector_id)
+        form = ConnectorNameForm(
+            data=request.data if isinstance(request.data, dict) else {}, instance=connector
+        )
+        if not form.is_valid():
+            return Response(form_errors(form), status=400)
+        services.rename_connector(connector, request.user, form.cleaned_data["name"])
+        return Response(connector_json(connector))
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, connector_id: str) -> Response:
+        services.delete_connector(user_connector(request, connector_id), request.user)
+        return Response(status=204)
+
+
+class SettingsView(APIView):
+    """`/api:1/service/<id>/device2`: the connector's settings in Murano's JSON shape."""
+
+    @extend_schema(responses={200: OpenApiResponse(description="Settings JSON (SPEC.md §5)")})
+    def get(self, request: Request, connector_id: str) -> Response:
+        return Response(settings_to_json(user_connector(request, connector_id)))
+
+    @extend_schema(
+        request=OpenApiResponse(description="Partial settings JSON"),
+        responses={204: None, 400: OpenApiResponse(description='{"<json.path>": "message"}')},
+    )
+    def patch(self, request: Request, connector_id: str) -> Response:
+        connector = user_connector(request, connector_id)
+        form, errors = form_from_patch(connector, request.data)
+        if form is not None and not form.is_valid():
+            errors = form_errors_to_json(form)
+        if errors:
+            return Response(errors, status=400)
+        services.update_settings(connector, request.user, form.cleaned_data)
+        return Response(status=204)

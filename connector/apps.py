@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ConnectorConfig(AppConfig):
+    name = "connector"
+    verbose_name = "Connectors"

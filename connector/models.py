@@ -1,0 +1,262 @@
+"""Accounts, connectors with their settings, management API tokens and the event log."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.utils import timezone
+
+from connector.identity import Casing, IdentityFormat, IdentityType
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    @classmethod
+    def normalize_email(cls, email: str | None) -> str:
+        # Email is the login: compare it case-insensitively by storing it lower-cased.
+        return (email or "").strip().lower()
+
+    def get_by_natural_key(self, username: str | None) -> User:
+        return self.get(email=self.normalize_email(username))
+
+    def create_user(self, email: str, password: str | None = None, **extra) -> User:
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **extra) -> User:
+        extra.update(is_staff=True, is_superuser=True)
+        return self.create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """An administrator; signs in with email and password."""
+
+    email = models.EmailField(unique=True)
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    def __str__(self) -> str:
+        return self.email
+
+
+CONNECTOR_ID_ALPHABET = string.ascii_lowercase + string.digits
+CONNECTOR_ID_LENGTH = 17  # within Murano's 14-20; 17 characters carry 87 bits
+
+
+def new_connector_id() -> str:
+    return "".join(secrets.choice(CONNECTOR_ID_ALPHABET) for _ in range(CONNECTOR_ID_LENGTH))
+
+
+class AuthType(models.TextChoices):
+    TOKEN = "token", "Token"
+    PASSWORD = "password", "Password"
+    CERTIFICATE = "certificate", "TLS client certificate"
+
+
+class Vendor(models.TextChoices):
+    NONE = "", "None (devices bring certificates signed by a client CA)"
+    LOCAL = "local", "Local CA (this server signs)"
+    DIGICERT = "digicert", "DigiCert"
+
+
+class ConnectorQuerySet(models.QuerySet["Connector"]):
+    def for_user(self, user) -> ConnectorQuerySet:
+        """Connectors the user belongs to: the only ones they may see or touch."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(memberships__user=user)
+
+
+class Connector(models.Model):
+    """An IoT Connector: its identity, settings, members; devices hang off it.
+
+    Settings are columns, not a JSON blob, so the device API reads them with the one query that
+    finds the connector by host name.
+    """
+
+    id = models.CharField(primary_key=True, max_length=20, default=new_connector_id, editable=False)
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="connectors"
+    )
+
+    # Protocol
+    devmode = models.BooleanField("Enable Developer Mode", default=False)
+    # Provisioning
+    provisioning_enabled = models.BooleanField(default=True)
+    auth_type = models.CharField(max_length=16, choices=AuthType, default=AuthType.TOKEN)
+    presenter_identity = models.BooleanField(
+        "Allow devices to register their own identity", default=False
+    )
+    ip_whitelisting_enabled = models.BooleanField(default=False)
+    ip_allowed = models.JSONField(default=list, blank=True)
+    activation_period_hours = models.PositiveIntegerField(default=48)
+    # Identity format
+    id_prefix = models.CharField(max_length=64, blank=True, default="")
+    id_type = models.CharField(max_length=16, choices=IdentityType, default=IdentityType.OPAQUE)
+    id_length = models.PositiveIntegerField(null=True, blank=True)
+    id_casing = models.CharField(max_length=8, choices=Casing, default=Casing.MIXED)
+    # Public key infrastructure
+    pki_enabled = models.BooleanField(default=False)
+    vendor_name = models.CharField(max_length=16, choices=Vendor, default=Vendor.NONE, blank=True)
+    # Non-secret vendor options (DigiCert profile name, validity months).
+    vendor_options = models.JSONField(default=dict, blank=True)
+    # Write-only: Fernet-encrypted with ENCRYPTION_KEY, never rendered back.
+    vendor_api_key_encrypted = models.TextField(blank=True, default="")
+    # Resource definitions (alias -> definition), filled by the Resources tab.
+    resources = models.JSONField(default=dict, blank=True)
+
+    objects = ConnectorQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.id}.{settings.DEVICE_API_DOMAIN}"
+
+    @property
+    def identity_format(self) -> IdentityFormat:
+        return IdentityFormat(
+            prefix=self.id_prefix,
+            type=self.id_type,
+            length=self.id_length or None,
+            casing=self.id_casing,
+        )
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        ADMIN = "admin", "Administrator"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=8, choices=Role, default=Role.OWNER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "connector"], name="unique_membership")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.connector_id} ({self.role})"
+
+
+class ClientCA(models.Model):
+    """A CA certificate that signs device certificates for a connector (PKI)."""
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="client_cas")
+    pem = models.TextField()
+    fingerprint = models.CharField(max_length=64)  # SHA-256 hex
+    subject = models.CharField(max_length=500)
+    not_after = models.DateTimeField()
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["added_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connector", "fingerprint"], name="unique_client_ca_per_connector"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.subject
+
+    @property
+    def fingerprint_display(self) -> str:
+        return ":".join(self.fingerprint[i : i + 2] for i in range(0, 64, 2)).upper()
+
+
+class ApiToken(models.Model):
+    """A management API token; only its keyed hash is stored. Expires; revocable."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    digest = models.CharField(max_length=80, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"API token {self.pk} of user {self.user_id}"
+
+    def is_usable(self) -> bool:
+        return self.revoked_at is None and self.expires_at > timezone.now()
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class EventType(models.TextChoices):
+    PROVISIONED = "provisioned", "Provisioned"
+    PROVISION_FAILED = "provision_failed", "Provision failed"
+    DATA_IN = "data_in", "Write"
+    RECORD = "record", "Record"
+    READ = "read", "Read"
+    AUTH_FAILED = "auth_failed", "Authentication failed"
+    EXPIRED = "expired", "Expired"
+    LOCKED = "locked", "Locked"
+    UNLOCKED = "unlocked", "Unlocked"
+    REVOKED = "revoked", "Revoked"
+    WHITELISTED = "whitelisted", "Whitelisted"
+    DELETED = "deleted", "Deleted"
+    CERTIFICATE_ISSUED = "certificate_issued", "Certificate issued"
+    SETTINGS_CHANGED = "settings_changed", "Settings changed"
+    CONNECTOR_CREATED = "connector_created", "Connector created"
+    CONNECTOR_RENAMED = "connector_renamed", "Connector renamed"
+
+
+class Event(models.Model):
+    """One line of a connector's log. Append-only; written by the service that acted."""
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="events")
+    time = models.BigIntegerField(default=now_us)  # µs since the epoch
+    type = models.CharField(max_length=32, choices=EventType)
+    identity = models.CharField(max_length=128, blank=True, default="")
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_email = models.CharField(max_length=254, blank=True, default="")
+    summary = models.CharField(max_length=300)
+    payload = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        # Newest-first keyset pages per connector, optionally narrowed by type or identity.
+        indexes = [
+            models.Index(fields=["connector", "-id"], name="event_connector_id"),
+            models.Index(fields=["connector", "type", "-id"], name="event_connector_type"),
+            models.Index(fields=["connector", "identity", "-id"], name="event_connector_identity"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.identity} {self.summary}"

@@ -1,0 +1,155 @@
+"""State changes of accounts and connectors: one function each, shared by the UI and the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from connector import events, keys
+from connector.models import (
+    ApiToken,
+    ClientCA,
+    Connector,
+    EventType,
+    Membership,
+    User,
+    Vendor,
+)
+
+# Settings columns copied from a validated SettingsForm onto the connector.
+SETTINGS_COLUMNS = (
+    "devmode",
+    "auth_type",
+    "provisioning_enabled",
+    "presenter_identity",
+    "ip_whitelisting_enabled",
+    "ip_allowed",
+    "activation_period_hours",
+    "id_prefix",
+    "id_type",
+    "id_length",
+    "id_casing",
+    "pki_enabled",
+    "vendor_name",
+)
+
+
+def create_connector(user: User, name: str) -> Connector:
+    """Create a connector owned by `user`, with a fresh random id."""
+    for _attempt in range(5):
+        try:
+            with transaction.atomic():
+                connector = Connector.objects.create(name=name)
+                Membership.objects.create(
+                    user=user, connector=connector, role=Membership.Role.OWNER
+                )
+                events.record(
+                    connector,
+                    EventType.CONNECTOR_CREATED,
+                    f"Connector “{name}” created",
+                    actor=user,
+                )
+                return connector
+        except IntegrityError:  # id collision (87 bits: practically never); draw again
+            continue
+    raise RuntimeError("Could not allocate a connector id.")
+
+
+def rename_connector(connector: Connector, user: User, name: str) -> None:
+    old = connector.name
+    if old == name:
+        return
+    with transaction.atomic():
+        Connector.objects.filter(pk=connector.pk).update(name=name)
+        connector.name = name
+        events.record(
+            connector,
+            EventType.CONNECTOR_RENAMED,
+            f"Renamed from “{old}” to “{name}”",
+            actor=user,
+            payload={"from": old, "to": name},
+        )
+
+
+def delete_connector(connector: Connector, user: User) -> None:
+    """Delete the connector with its devices, CAs and events (cascade)."""
+    connector.delete()
+
+
+def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str]:
+    """Apply a validated SettingsForm's data; record what changed. Returns changed field names."""
+    new_values = dict(cleaned)
+    new_values["id_length"] = cleaned.get("id_length") or None
+    new_values["vendor_name"] = cleaned.get("vendor_name") or Vendor.NONE
+    options = {}
+    if new_values["vendor_name"] == Vendor.DIGICERT:
+        options = {
+            "profile_name": cleaned.get("digicert_profile", ""),
+            "validity_months": cleaned.get("digicert_validity_months"),
+        }
+    changed: list[str] = []
+    with transaction.atomic():
+        locked = Connector.objects.select_for_update().get(pk=connector.pk)
+        payload: dict[str, dict] = {}
+        for column in SETTINGS_COLUMNS:
+            old, new = getattr(locked, column), new_values[column]
+            if old != new:
+                payload[column] = {"from": old, "to": new}
+                setattr(locked, column, new)
+        if (locked.vendor_options or {}) != options:
+            payload["vendor_options"] = {"from": locked.vendor_options, "to": options}
+            locked.vendor_options = options
+        if cleaned.get("digicert_api_key"):
+            # Never logged: the event says only that it changed.
+            locked.vendor_api_key_encrypted = keys.encrypt(cleaned["digicert_api_key"])
+            payload["vendor_api_key"] = {"changed": True}
+        elif new_values["vendor_name"] != Vendor.DIGICERT and locked.vendor_api_key_encrypted:
+            locked.vendor_api_key_encrypted = ""
+            payload["vendor_api_key"] = {"removed": True}
+        removed = list(cleaned.get("client_ca_remove") or [])
+        if removed:
+            ClientCA.objects.filter(connector=locked, fingerprint__in=removed).delete()
+            payload["client_ca_removed"] = removed
+        added = cleaned.get("client_ca_add") or []
+        for info in added:
+            ClientCA.objects.create(
+                connector=locked,
+                pem=info.pem,
+                fingerprint=info.fingerprint,
+                subject=info.subject[:500],
+                not_after=info.not_after,
+            )
+        if added:
+            payload["client_ca_added"] = [
+                {"subject": i.subject, "fingerprint": i.fingerprint} for i in added
+            ]
+        if payload:
+            locked.save()
+            changed = sorted(payload)
+            events.record(
+                locked,
+                EventType.SETTINGS_CHANGED,
+                "Settings changed: " + ", ".join(changed),
+                actor=user,
+                payload=payload,
+            )
+    connector.refresh_from_db()
+    return changed
+
+
+def create_api_token(user: User) -> tuple[str, ApiToken]:
+    """A new management API token; the clear value is returned once and never stored."""
+    clear = keys.new_token(40)
+    token = ApiToken.objects.create(
+        user=user,
+        digest=keys.keyed_hash(clear),
+        expires_at=timezone.now() + dt.timedelta(days=settings.API_TOKEN_LIFETIME_DAYS),
+    )
+    return clear, token
+
+
+def revoke_api_token(token: ApiToken) -> None:
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

@@ -1,0 +1,24 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from connector import views
+from connector.forms import SignInForm
+
+urlpatterns = [
+    path("", views.connector_list, name="connector-list"),
+    path("signup/", views.signup, name="signup"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            authentication_form=SignInForm, redirect_authenticated_user=True
+        ),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("c/<str:connector_id>/", views.connector_settings, name="connector-settings"),
+    path("c/<str:connector_id>/rename/", views.connector_rename, name="connector-rename"),
+    path("c/<str:connector_id>/delete/", views.connector_delete, name="connector-delete"),
+    path("c/<str:connector_id>/devices/", views.connector_devices, name="connector-devices"),
+    path("c/<str:connector_id>/resources/", views.connector_resources, name="connector-resources"),
+    path("c/<str:connector_id>/logs/", views.connector_logs, name="connector-logs"),
+]

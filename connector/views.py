@@ -1,0 +1,110 @@
+"""Pages: sign-up, connector list, and a connector's tabs (Settings, Devices, Resources, Logs)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from connector import services
+from connector.forms import ConnectorNameForm, SettingsForm, SignUpForm
+from connector.models import Connector, Event, User
+
+
+def user_connector(request: HttpRequest, connector_id: str) -> Connector:
+    """The connector if the signed-in user belongs to it; 404 otherwise."""
+    return get_object_or_404(Connector.objects.for_user(request.user), pk=connector_id)
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("connector-list")
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = User.objects.create_user(form.cleaned_data["email"], form.cleaned_data["password1"])
+        login(request, user, backend="connector.auth.EmailBackend")
+        return redirect("connector-list")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+def connector_list(request: HttpRequest) -> HttpResponse:
+    form = ConnectorNameForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        connector = services.create_connector(request.user, form.cleaned_data["name"])
+        messages.success(request, f"Connector “{connector.name}” created.")
+        return redirect("connector-settings", connector_id=connector.id)
+    connectors = Connector.objects.for_user(request.user)
+    return render(request, "connector/list.html", {"connectors": connectors, "form": form})
+
+
+def _tab(request, connector: Connector, tab: str, template: str, status: int = 200, **extra):
+    context = {"connector": connector, "tab": tab, **extra}
+    return render(request, template, context, status=status)
+
+
+@login_required
+def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = user_connector(request, connector_id)
+    form = SettingsForm(request.POST or None, connector=connector)
+    if request.method == "POST":
+        if form.is_valid():
+            changed = services.update_settings(connector, request.user, form.cleaned_data)
+            messages.success(request, "Settings saved." if changed else "Nothing to change.")
+            return redirect("connector-settings", connector_id=connector.id)
+        messages.error(request, "Nothing was saved: correct the fields marked below.")
+    return _tab(
+        request,
+        connector,
+        "settings",
+        "connector/settings.html",
+        form=form,
+        client_cas=form.existing_cas,
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+@require_POST
+def connector_rename(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = user_connector(request, connector_id)
+    form = ConnectorNameForm(request.POST)
+    if form.is_valid():
+        services.rename_connector(connector, request.user, form.cleaned_data["name"])
+        messages.success(request, "Connector renamed.")
+    else:
+        messages.error(request, " ".join(form.errors.get("name", ["Invalid name."])))
+    return redirect("connector-settings", connector_id=connector.id)
+
+
+@login_required
+def connector_delete(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = user_connector(request, connector_id)
+    if request.method == "POST":
+        name = connector.name
+        services.delete_connector(connector, request.user)
+        messages.success(request, f"Connector “{name}” and its devices were deleted.")
+        return redirect("connector-list")
+    return _tab(request, connector, "settings", "connector/delete.html")
+
+
+@login_required
+def connector_devices(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = user_connector(request, connector_id)
+    return _tab(request, connector, "devices", "connector/devices.html")
+
+
+@login_required
+def connector_resources(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = user_connector(request, connector_id)
+    return _tab(request, connector, "resources", "connector/resources.html")
+
+
+@login_required
+def connector_logs(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = user_connector(request, connector_id)
+    events = Event.objects.filter(connector=connector).order_by("-id")[:100]
+    return _tab(request, connector, "logs", "connector/logs.html", events=events)

@@ -1,0 +1,64 @@
+"""Trust boundary for headers set by the TLS terminator (nginx)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+# Headers only our own proxy may set. From anyone else they are dropped, so a client cannot
+# claim HTTPS, another address or a client certificate by sending them itself.
+FORWARDED_HEADERS = (
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_REAL_IP",
+    "HTTP_X_SSL_CLIENT_CERT",
+    "HTTP_FORWARDED",
+)
+
+
+def is_trusted_proxy(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in settings.TRUSTED_PROXIES)
+
+
+def client_address(meta: dict, peer: str) -> str:
+    """The client's address: walk X-Forwarded-For from the right past our own proxies."""
+    chain = [p.strip() for p in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if p.strip()]
+    address = peer
+    for hop in reversed(chain):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage in the header: stop at the last address we can vouch for
+        address = hop
+        if not is_trusted_proxy(hop):
+            break
+    return address
+
+
+class TrustedProxyMiddleware:
+    """Keep forwarded headers only from TRUSTED_PROXIES; set REMOTE_ADDR to the real client.
+
+    The peer address is kept in `request.META["PEER_ADDR"]`.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        meta = request.META
+        peer = meta.get("REMOTE_ADDR", "")
+        meta["PEER_ADDR"] = peer
+        if is_trusted_proxy(peer):
+            meta["REMOTE_ADDR"] = client_address(meta, peer)
+        else:
+            for header in FORWARDED_HEADERS:
+                meta.pop(header, None)
+        return self.get_response(request)

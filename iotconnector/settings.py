@@ -1,0 +1,234 @@
+"""Settings, read from the environment (django-environ).
+
+Every variable is listed in `.env.example`. The defaults run the embedded single-machine setup:
+SQLite in `DATA_DIR`, secrets generated once into `DATA_DIR` (mode 0600). Production sets
+`SECRET_KEY`, `TOKEN_PEPPERS`, `ENCRYPTION_KEY`, `DATABASE_URL`, `ALLOWED_HOSTS` and `HTTPS=true`.
+Security settings that are present but wrong stop the process at start-up instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var")))
+
+
+def _local_secret(name: str, generate) -> str:
+    """Read a secret kept in DATA_DIR, creating it on first use (embedded default only)."""
+    path = DATA_DIR / name
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(generate())
+    return path.read_text().strip()
+
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret(
+    "secret_key", lambda: secrets.token_urlsafe(50)
+)
+if len(SECRET_KEY) < 50:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 50 characters long.")
+
+# Peppers for the keyed hashes (HMAC-SHA256) of device tokens and API tokens, as
+# "<key id>:<secret>" entries; the first is used for new hashes, the others still verify
+# (rotation). They live outside the database so that a database dump alone cannot be used to
+# test guesses.
+_peppers_raw = env.list("TOKEN_PEPPERS", default=[]) or [
+    "1:" + _local_secret("token_pepper", lambda: secrets.token_urlsafe(48))
+]
+TOKEN_PEPPERS: dict[str, bytes] = {}
+for _entry in _peppers_raw:
+    _kid, _sep, _secret = _entry.partition(":")
+    if not _sep or not _kid.isalnum() or len(_secret) < 32:
+        raise ImproperlyConfigured(
+            "TOKEN_PEPPERS entries must be '<alphanumeric key id>:<secret of 32+ characters>'."
+        )
+    TOKEN_PEPPERS[_kid] = _secret.encode()
+TOKEN_PEPPER_CURRENT = _peppers_raw[0].partition(":")[0]
+
+# Fernet key (urlsafe base64 of 32 bytes) encrypting secrets the server must use in clear
+# later: vendor API keys, CA private keys.
+ENCRYPTION_KEY = env.str("ENCRYPTION_KEY", default="") or _local_secret(
+    "encryption_key", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode()
+)
+
+HTTPS = env.bool("HTTPS", default=False)
+DEVICE_API_DOMAIN = env.str("DEVICE_API_DOMAIN", default="localhost").lower().strip(".")
+# Plain-HTTP device requests are refused unless the connector is in developer mode, or this is
+# set (local development only).
+DEVICE_API_INSECURE = env.bool("DEVICE_API_INSECURE", default=False)
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+ALLOWED_HOSTS.append("." + DEVICE_API_DOMAIN)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+try:
+    TRUSTED_PROXIES = [
+        ipaddress.ip_network(p, strict=False)
+        for p in env.list("TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from exc
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "connector",
+    "devices",
+    "provisioning",
+]
+
+MIDDLEWARE = [
+    # First: decides whether forwarded headers (client address, scheme, client certificate)
+    # may be believed, before anything reads them.
+    "iotconnector.middleware.TrustedProxyMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "iotconnector.urls"
+WSGI_APPLICATION = "iotconnector.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}"),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            # WAL lets readers run beside the single writer; IMMEDIATE takes the write lock at
+            # BEGIN so that concurrent writers queue on busy_timeout instead of failing.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    )
+    if DATABASES["default"]["NAME"] != ":memory:":
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "connector.User"
+AUTHENTICATION_BACKENDS = ["connector.auth.EmailBackend"]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "connector-list"
+LOGOUT_REDIRECT_URL = "login"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# Uploads: the CSV import streams its file, so large files go to disk, not memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
+
+# Forwarded scheme: believed only because TrustedProxyMiddleware strips the header from
+# requests that do not come from TRUSTED_PROXIES.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+API_TOKEN_LIFETIME_DAYS = env.int("API_TOKEN_LIFETIME_DAYS", default=30)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.BasicAuthentication",
+        "connector.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "IoT Connector management API",
+    "DESCRIPTION": "Whitelist, provision and manage devices (Murano-compatible `/api:1`).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

@@ -1,0 +1,75 @@
+import base64
+import os
+import shutil
+
+import pytest
+from rest_framework.test import APIClient
+
+from connector import services
+from connector.models import User
+
+# In CI every test must really run: a missing browser or database is a failure, not a skip.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PASSWORD = "correct horse battery staple"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a developer machine that lacks a part; fail in CI, where it must be there."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"required in CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings):
+    # Production uses hashed names from `collectstatic`; tests render without running it.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return User.objects.create_user("alice@example.com", PASSWORD)
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return User.objects.create_user("bob@example.com", PASSWORD)
+
+
+@pytest.fixture
+def connector(alice):
+    return services.create_connector(alice, "Factory line 1")
+
+
+@pytest.fixture
+def bobs_connector(bob):
+    return services.create_connector(bob, "Bob's private line")
+
+
+def basic(email: str, password: str = PASSWORD) -> str:
+    return "Basic " + base64.b64encode(f"{email}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def api(alice) -> APIClient:
+    """Management API client signed in as alice with HTTP Basic, as `curl -u` does."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=basic(alice.email))
+    return client
+
+
+@pytest.fixture
+def browser_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    require(os.path.exists(path), "Debian's chromium is not installed (apt-get install chromium)")
+    return path
