@@ -63,6 +63,7 @@ class ConnectorNameForm(forms.ModelForm):
     class Meta:
         model = Connector
         fields = ["name"]
+        error_messages = {"name": {"required": "Give the connector a name."}}
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
