@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -42,12 +43,15 @@ NameIn = inline_serializer("ConnectorName", {"name": serializers.CharField(max_l
 class TokenView(APIView):
     """POST {email, password} -> {token, expires}; DELETE revokes the token used to call it."""
 
+    def _issuing(self) -> bool:
+        return getattr(self.request, "method", None) == "POST"
+
     def get_permissions(self):
-        return [AllowAny()] if self.request.method == "POST" else super().get_permissions()
+        return [AllowAny()] if self._issuing() else super().get_permissions()
 
     def get_authenticators(self):
         # Credentials come in the body; an Authorization header must not get in the way.
-        return [] if self.request.method == "POST" else super().get_authenticators()
+        return [] if self._issuing() else super().get_authenticators()
 
     @extend_schema(
         request=inline_serializer(
@@ -128,7 +132,7 @@ class SettingsView(APIView):
         return Response(settings_to_json(user_connector(request, connector_id)))
 
     @extend_schema(
-        request=OpenApiResponse(description="Partial settings JSON"),
+        request=OpenApiTypes.OBJECT,
         responses={204: None, 400: OpenApiResponse(description='{"<json.path>": "message"}')},
     )
     def patch(self, request: Request, connector_id: str) -> Response:

@@ -37,7 +37,31 @@ def _local_secret(name: str, generate) -> str:
     return path.read_text().strip()
 
 
-DEBUG = env.bool("DEBUG", default=False)
+_BOOLS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """A boolean variable; anything but a clear yes/no stops the process (no silent False)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return _BOOLS[raw.strip().lower()]
+    except KeyError:
+        raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}.") from None
+
+
+DEBUG = env_bool("DEBUG", default=False)
 
 SECRET_KEY = env.str("SECRET_KEY", default="") or _local_secret(
     "secret_key", lambda: secrets.token_urlsafe(50)
@@ -68,11 +92,11 @@ ENCRYPTION_KEY = env.str("ENCRYPTION_KEY", default="") or _local_secret(
     "encryption_key", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode()
 )
 
-HTTPS = env.bool("HTTPS", default=False)
+HTTPS = env_bool("HTTPS", default=False)
 DEVICE_API_DOMAIN = env.str("DEVICE_API_DOMAIN", default="localhost").lower().strip(".")
 # Plain-HTTP device requests are refused unless the connector is in developer mode, or this is
 # set (local development only).
-DEVICE_API_INSECURE = env.bool("DEVICE_API_INSECURE", default=False)
+DEVICE_API_INSECURE = env_bool("DEVICE_API_INSECURE", default=False)
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 ALLOWED_HOSTS.append("." + DEVICE_API_DOMAIN)
@@ -194,7 +218,9 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_SSL_REDIRECT = HTTPS
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if HTTPS else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
+# Preloading commits the whole domain to HTTPS in browsers for good: the operator opts in.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"

@@ -22,7 +22,9 @@ def require(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _plain_static_storage(settings):
+def _fast_test_settings(settings):
+    # Password hashing is deliberately slow in production; tests check logic, not cost.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Production uses hashed names from `collectstatic`; tests render without running it.
     settings.STORAGES = {
         **settings.STORAGES,
