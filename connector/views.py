@@ -55,7 +55,6 @@ def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
             changed = services.update_settings(connector, request.user, form.cleaned_data)
             messages.success(request, "Settings saved." if changed else "Nothing to change.")
             return redirect("connector-settings", connector_id=connector.id)
-        messages.error(request, "Nothing was saved: correct the fields marked below.")
     return _tab(
         request,
         connector,

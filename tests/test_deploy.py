@@ -60,3 +60,18 @@ def test_embedded_default_creates_its_secrets_privately(tmp_path):
     assert result.returncode == 0, result.stderr
     for name in ("secret_key", "token_pepper", "encryption_key"):
         assert (tmp_path / name).stat().st_mode & 0o077 == 0
+
+
+def test_env_example_lists_every_variable_the_settings_read():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    read = set()
+    for source in ("iotconnector/settings.py", "deploy/gunicorn.conf.py", "scripts/serve"):
+        text = (root / source).read_text()
+        read |= set(re.findall(r'(?:env\.\w+|env_bool|environ\.get)\(\s*"([A-Z_]+)"', text))
+        read |= set(re.findall(r"\$\{([A-Z_]+):-", text))
+    listed = set(re.findall(r"^#?\s*([A-Z_]+)=", (root / ".env.example").read_text(), re.M))
+    assert read, "no variables found: the pattern is wrong"
+    assert read - listed == set()
