@@ -3,6 +3,7 @@ import os
 import shutil
 
 import pytest
+from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
 from connector import services
@@ -11,6 +12,10 @@ from connector.models import User
 # In CI every test must really run: a missing browser or database is a failure, not a skip.
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PASSWORD = "correct horse battery staple"
+
+# Live-server request threads must not keep connections open past the test, or PostgreSQL
+# refuses to drop the test database at the end.
+django_settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 
 def require(condition: bool, reason: str) -> None:
@@ -75,3 +80,21 @@ def chromium_path() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     require(os.path.exists(path), "Debian's chromium is not installed (apt-get install chromium)")
     return path
+
+
+@pytest.fixture(scope="session")
+def live_server_db_cleanup(django_db_setup, django_db_blocker):
+    """After the session, end database sessions left by live-server request threads.
+
+    A request thread of the live server may still hold its PostgreSQL connection when the
+    session ends, and PostgreSQL refuses to drop a database that is in use.
+    """
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
+from connector.models import Connector, User
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
-
-from connector.models import Connector, User
 
 pytestmark = pytest.mark.browser
 
@@ -23,7 +23,7 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def page(chromium_path, live_server, monkeypatch, tmp_path):
+def page(chromium_path, live_server, live_server_db_cleanup, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread; the ORM calls made by the test
