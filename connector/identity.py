@@ -82,12 +82,18 @@ class IdentityFormat:
         return ", ".join(parts)
 
 
+# Printable ASCII except space and "/": the common case, checked without a per-character loop.
+_SAFE_ASCII = re.compile(r"[!-.0-~]*")
+
+
 def unsafe_character(text: str) -> str | None:
     """Describe the first character that may not appear in an identity or prefix, if any.
 
     Whitespace and control/format characters would be invisible in the UI and logs and break
     the wire forms; "/" would break the identity's URL path.
     """
+    if _SAFE_ASCII.fullmatch(text):
+        return None
     for position, char in enumerate(text, start=1):
         category = unicodedata.category(char)
         if char.isspace() or category.startswith("C") or category in ("Zl", "Zp"):

@@ -229,6 +229,7 @@ class EventType(models.TextChoices):
     REVOKED = "revoked", "Revoked"
     WHITELISTED = "whitelisted", "Whitelisted"
     DELETED = "deleted", "Deleted"
+    DEVICE_UPDATED = "updated", "Device updated"
     CERTIFICATE_ISSUED = "certificate_issued", "Certificate issued"
     SETTINGS_CHANGED = "settings_changed", "Settings changed"
     CONNECTOR_CREATED = "connector_created", "Connector created"

@@ -1,0 +1,204 @@
+"""State changes of devices, one function each, shared by the Devices pages and the API.
+
+Each validates its input first (raising `InvalidInput` with every problem by field) and then
+writes the change and its event in one transaction.
+"""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+
+from connector import events
+from connector.models import Connector, EventType, now_us
+from devices.models import Device, DeviceAuthType, DeviceTag, Status
+from devices.validation import check_device_certificate, check_expire, check_identity, check_tags
+
+HOUR_US = 3_600_000_000
+# Events list at most this many identities of a bulk action.
+EVENT_IDENTITIES = 100
+
+
+class InvalidInput(ValueError):
+    """Bad input; `errors` maps a field (API: JSON path) to its message."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class DeviceExists(Exception):
+    pass
+
+
+def whitelist_device(
+    connector: Connector,
+    identity: str,
+    *,
+    actor=None,
+    expire: int | None = None,
+    activation_hours: int | None = None,
+    cert_pem: str = "",
+    tags: list | None = None,
+    locked: bool = False,
+    source_ip: str | None = None,
+) -> Device:
+    """Whitelist one identity. The deadline is `expire` (µs), else now + `activation_hours`,
+    else now + the connector's activation period."""
+    errors: dict[str, str] = {}
+    try:
+        check_identity(identity, connector.identity_format)
+    except ValueError as exc:
+        errors["identity"] = str(exc)
+    cert = None
+    if cert_pem and cert_pem.strip() and "identity" not in errors:
+        try:
+            cert = check_device_certificate(cert_pem, identity)
+        except ValueError as exc:
+            errors["auth.key"] = str(exc)
+    clean_tags: list[dict[str, str]] = []
+    if tags is not None:
+        try:
+            clean_tags = check_tags(tags)
+        except ValueError as exc:
+            errors["tags"] = str(exc)
+    if expire is not None:
+        try:
+            check_expire(expire)
+        except ValueError as exc:
+            errors["auth.expire"] = str(exc)
+    if errors:
+        raise InvalidInput(errors)
+    if expire is None:
+        hours = activation_hours or connector.activation_period_hours
+        expire = now_us() + hours * HOUR_US
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                device = Device.objects.create(
+                    connector=connector,
+                    identity=identity,
+                    expire=expire,
+                    locked=locked,
+                    auth_type=DeviceAuthType.CERTIFICATE if cert else DeviceAuthType.NONE,
+                    cert_pem=cert.pem if cert else "",
+                    cert_fingerprint=cert.fingerprint if cert else "",
+                    cert_not_after=cert.not_after if cert else None,
+                )
+        except IntegrityError as exc:
+            raise DeviceExists(identity) from exc
+        DeviceTag.objects.bulk_create(
+            [DeviceTag(device=device, connector=connector, **tag) for tag in clean_tags]
+        )
+        events.record(
+            connector,
+            EventType.WHITELISTED,
+            f"Whitelisted {identity}",
+            identity=identity,
+            actor=actor,
+            source_ip=source_ip,
+            payload={"count": 1, "expire": expire, "certificate": bool(cert)},
+        )
+    return device
+
+
+def set_tags(device: Device, tags: list, *, actor=None) -> None:
+    try:
+        clean = check_tags(tags)
+    except ValueError as exc:
+        raise InvalidInput({"tags": str(exc)}) from exc
+    with transaction.atomic():
+        DeviceTag.objects.filter(device=device).delete()
+        DeviceTag.objects.bulk_create(
+            [DeviceTag(device=device, connector_id=device.connector_id, **tag) for tag in clean]
+        )
+        events.record(
+            device.connector_id,
+            EventType.DEVICE_UPDATED,
+            f"Tags of {device.identity} set",
+            identity=device.identity,
+            actor=actor,
+            payload={"tags": clean},
+        )
+
+
+def set_expire(device: Device, expire: int, *, actor=None) -> None:
+    """A new activation deadline; 0 revokes the credential (the device must provision again)."""
+    if expire == 0:
+        revoke_device(device, actor=actor)
+        return
+    try:
+        check_expire(expire)
+    except ValueError as exc:
+        raise InvalidInput({"auth.expire": str(exc)}) from exc
+    with transaction.atomic():
+        Device.objects.filter(pk=device.pk).update(expire=expire)
+        device.expire = expire
+        events.record(
+            device.connector_id,
+            EventType.DEVICE_UPDATED,
+            f"Activation deadline of {device.identity} changed",
+            identity=device.identity,
+            actor=actor,
+            payload={"expire": expire},
+        )
+
+
+def revoke_device(device: Device, *, actor=None) -> None:
+    """Drop the device's credential at once and let it provision again (Murano: expire = 0)."""
+    with transaction.atomic():
+        Device.objects.filter(pk=device.pk).update(
+            state=Status.REPROVISION, secret_hash="", expire=None
+        )
+        device.state, device.secret_hash, device.expire = Status.REPROVISION, "", None
+        events.record(
+            device.connector_id,
+            EventType.REVOKED,
+            f"Credential of {device.identity} revoked; it may provision again",
+            identity=device.identity,
+            actor=actor,
+        )
+
+
+def set_locked(connector: Connector, devices: QuerySet[Device], locked: bool, *, actor=None) -> int:
+    """Lock or unlock the given devices of the connector; one event for the action."""
+    with transaction.atomic():
+        devices = devices.filter(connector=connector, locked=not locked)
+        identities = list(devices.values_list("identity", flat=True)[:EVENT_IDENTITIES])
+        count = devices.update(locked=locked)
+        if count:
+            verb = "Locked" if locked else "Unlocked"
+            events.record(
+                connector,
+                EventType.LOCKED if locked else EventType.UNLOCKED,
+                f"{verb} {_describe(identities, count)}",
+                identity=identities[0] if count == 1 else "",
+                actor=actor,
+                payload={"count": count, "identities": identities},
+            )
+    return count
+
+
+def delete_devices(connector: Connector, devices: QuerySet[Device], *, actor=None) -> int:
+    """Delete the given devices of the connector (tags and activity go with them)."""
+    with transaction.atomic():
+        devices = devices.filter(connector=connector)
+        count = devices.count()
+        identities = list(devices.values_list("identity", flat=True)[:EVENT_IDENTITIES])
+        devices.delete()
+        if count:
+            events.record(
+                connector,
+                EventType.DELETED,
+                f"Deleted {_describe(identities, count)}",
+                identity=identities[0] if count == 1 else "",
+                actor=actor,
+                payload={"count": count, "identities": identities},
+            )
+    return count
+
+
+def _describe(identities: list[str], count: int) -> str:
+    if count == 1:
+        return identities[0]
+    return f"{count} devices"
