@@ -2,11 +2,27 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
 from connector import api
+from devices import api as devices_api
 
 urlpatterns = [
     path("token/", api.TokenView.as_view(), name="api-token"),
     path("connector/", api.ConnectorListView.as_view(), name="api-connector-list"),
     path("connector/<str:connector_id>", api.ConnectorDetailView.as_view(), name="api-connector"),
     path("service/<str:connector_id>/device2", api.SettingsView.as_view(), name="api-settings"),
+    path(
+        "service/<str:connector_id>/device2/identity/",
+        devices_api.IdentityListView.as_view(),
+        name="api-identity-list",
+    ),
+    path(
+        "service/<str:connector_id>/device2/identity/<str:identity>",
+        devices_api.IdentityView.as_view(),
+        name="api-identity",
+    ),
+    path(
+        "service/<str:connector_id>/device2/identities",
+        devices_api.IdentityImportView.as_view(),
+        name="api-identity-import",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

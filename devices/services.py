@@ -102,46 +102,62 @@ def whitelist_device(
     return device
 
 
-def set_tags(device: Device, tags: list, *, actor=None) -> None:
-    try:
-        clean = check_tags(tags)
-    except ValueError as exc:
-        raise InvalidInput({"tags": str(exc)}) from exc
+def update_device(
+    device: Device,
+    *,
+    actor=None,
+    locked: bool | None = None,
+    tags: list | None = None,
+    expire: int | None = None,
+) -> None:
+    """Change lock, tags and/or deadline together, or nothing. `expire=0` revokes."""
+    errors: dict[str, str] = {}
+    clean_tags = None
+    if tags is not None:
+        try:
+            clean_tags = check_tags(tags)
+        except ValueError as exc:
+            errors["tags"] = str(exc)
+    if expire:
+        try:
+            check_expire(expire)
+        except ValueError as exc:
+            errors["auth.expire"] = str(exc)
+    if errors:
+        raise InvalidInput(errors)
     with transaction.atomic():
-        DeviceTag.objects.filter(device=device).delete()
-        DeviceTag.objects.bulk_create(
-            [DeviceTag(device=device, connector_id=device.connector_id, **tag) for tag in clean]
-        )
-        events.record(
-            device.connector_id,
-            EventType.DEVICE_UPDATED,
-            f"Tags of {device.identity} set",
-            identity=device.identity,
-            actor=actor,
-            payload={"tags": clean},
-        )
-
-
-def set_expire(device: Device, expire: int, *, actor=None) -> None:
-    """A new activation deadline; 0 revokes the credential (the device must provision again)."""
-    if expire == 0:
-        revoke_device(device, actor=actor)
-        return
-    try:
-        check_expire(expire)
-    except ValueError as exc:
-        raise InvalidInput({"auth.expire": str(exc)}) from exc
-    with transaction.atomic():
-        Device.objects.filter(pk=device.pk).update(expire=expire)
-        device.expire = expire
-        events.record(
-            device.connector_id,
-            EventType.DEVICE_UPDATED,
-            f"Activation deadline of {device.identity} changed",
-            identity=device.identity,
-            actor=actor,
-            payload={"expire": expire},
-        )
+        if locked is not None:
+            set_locked(device.connector, Device.objects.filter(pk=device.pk), locked, actor=actor)
+            device.locked = locked
+        if clean_tags is not None:
+            DeviceTag.objects.filter(device=device).delete()
+            DeviceTag.objects.bulk_create(
+                [
+                    DeviceTag(device=device, connector_id=device.connector_id, **t)
+                    for t in clean_tags
+                ]
+            )
+            events.record(
+                device.connector_id,
+                EventType.DEVICE_UPDATED,
+                f"Tags of {device.identity} set",
+                identity=device.identity,
+                actor=actor,
+                payload={"tags": clean_tags},
+            )
+        if expire == 0:
+            revoke_device(device, actor=actor)
+        elif expire is not None:
+            Device.objects.filter(pk=device.pk).update(expire=expire)
+            device.expire = expire
+            events.record(
+                device.connector_id,
+                EventType.DEVICE_UPDATED,
+                f"Activation deadline of {device.identity} changed",
+                identity=device.identity,
+                actor=actor,
+                payload={"expire": expire},
+            )
 
 
 def revoke_device(device: Device, *, actor=None) -> None:

@@ -1,0 +1,210 @@
+"""Management API for identities (SPEC.md section 5): `/api:1/service/<cid>/device2/…`."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from connector.api import user_connector
+from connector.models import now_us
+from devices import listing, services
+from devices.importer import import_identities
+from devices.models import Device
+from devices.serialize import device_json
+
+TRUE = {"1", "true", "yes", "on"}
+
+
+def _device(request: Request, connector_id: str, identity: str) -> Device:
+    connector = user_connector(request, connector_id)
+    return get_object_or_404(
+        listing.with_details(Device.objects.select_related("connector")),
+        connector=connector,
+        identity=identity,
+    )
+
+
+def _invalid(exc: services.InvalidInput) -> Response:
+    return Response(exc.errors, status=400)
+
+
+def _object(data, allowed: dict[str, type]) -> tuple[dict, dict[str, str]]:
+    """Check a JSON body's top-level keys and types; errors keyed by field."""
+    if not isinstance(data, dict):
+        return {}, {"non_field_errors": "Send a JSON object."}
+    errors = {}
+    for key, value in data.items():
+        if key not in allowed:
+            errors[key] = "Unknown field."
+        elif not isinstance(value, allowed[key]) or (
+            allowed[key] is int and isinstance(value, bool)
+        ):
+            errors[key] = {
+                bool: "Must be true or false.",
+                dict: "Must be an object.",
+                list: "Must be a list.",
+                str: "Must be a string.",
+                int: "Must be a whole number.",
+            }[allowed[key]]
+    return data, errors
+
+
+class IdentityListView(APIView):
+    @extend_schema(
+        operation_id="identity_list",
+        parameters=[
+            OpenApiParameter("limit", int),
+            OpenApiParameter("before", str),
+            OpenApiParameter("after", str),
+            OpenApiParameter("status", str),
+            OpenApiParameter("identity", str, description="identity prefix"),
+            OpenApiParameter("tag", str, description="name:value, or name for any value"),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, connector_id: str) -> Response:
+        connector = user_connector(request, connector_id)
+        flt, errors = listing.DeviceFilter.from_params(request.query_params, tag_param=True)
+        raw_limit = request.query_params.get("limit", str(listing.DEFAULT_LIMIT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= listing.MAX_LIMIT:
+            errors["limit"] = f"Give a number from 1 to {listing.MAX_LIMIT}."
+        if errors:
+            return Response(errors, status=400)
+        before = request.query_params.get("before", "")
+        after = request.query_params.get("after", "")
+        rows, more_after, more_before = listing.page(
+            listing.filtered(connector, flt), after=after, before=before, limit=int(raw_limit)
+        )
+        now = now_us()
+        return Response(
+            {
+                "mayLoadMore": more_before if before else more_after,
+                "devices": [device_json(d, now) for d in rows],
+            }
+        )
+
+
+class IdentityView(APIView):
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None, 409: None})
+    def put(self, request: Request, connector_id: str, identity: str) -> Response:
+        connector = user_connector(request, connector_id)
+        data, errors = _object(request.data, {"auth": dict, "locked": bool, "tags": list})
+        auth = data.get("auth") or {}
+        if isinstance(auth, dict):
+            for key in set(auth) - {"type", "key", "expire"}:
+                errors[f"auth.{key}"] = "Unknown field."
+            auth_type = auth.get("type")
+            if auth_type not in (None, "token", "password", "certificate", "csr"):
+                errors["auth.type"] = "Use token, password, certificate or csr."
+            elif auth_type == "csr":
+                errors["auth.type"] = "This connector has no CSR signer configured."
+            elif auth_type == "certificate" and not isinstance(auth.get("key"), str):
+                errors["auth.key"] = "A certificate identity needs its PEM certificate as key."
+            elif auth_type != "certificate" and "key" in auth:
+                errors["auth.key"] = "Only certificate (or csr) identities take a key."
+            expire = auth.get("expire")
+            if expire is not None and (isinstance(expire, bool) or not isinstance(expire, int)):
+                errors["auth.expire"] = "Must be a whole number of microseconds since the epoch."
+        if errors:
+            return Response(errors, status=400)
+        try:
+            services.whitelist_device(
+                connector,
+                identity,
+                actor=request.user,
+                expire=auth.get("expire"),
+                cert_pem=auth.get("key", ""),
+                tags=data.get("tags"),
+                locked=data.get("locked", False),
+                source_ip=request.META.get("REMOTE_ADDR"),
+            )
+        except services.InvalidInput as exc:
+            return _invalid(exc)
+        except services.DeviceExists:
+            return Response({"identity": "This identity already exists."}, status=409)
+        return Response(status=204)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, connector_id: str, identity: str) -> Response:
+        device = _device(request, connector_id, identity)
+        return Response(device_json(device, now_us()))
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None})
+    def patch(self, request: Request, connector_id: str, identity: str) -> Response:
+        device = _device(request, connector_id, identity)
+        data, errors = _object(request.data, {"auth": dict, "locked": bool, "tags": list})
+        auth = data.get("auth") or {}
+        if isinstance(auth, dict):
+            for key in set(auth) - {"expire"}:
+                errors[f"auth.{key}"] = "Only auth.expire can be changed here."
+            expire = auth.get("expire")
+            if "expire" in auth and (isinstance(expire, bool) or not isinstance(expire, int)):
+                errors["auth.expire"] = "Must be a whole number of microseconds (0 revokes)."
+        if errors:
+            return Response(errors, status=400)
+        try:
+            services.update_device(
+                device,
+                actor=request.user,
+                locked=data.get("locked"),
+                tags=data.get("tags"),
+                expire=auth.get("expire"),
+            )
+        except services.InvalidInput as exc:
+            return _invalid(exc)
+        return Response(status=204)
+
+    @extend_schema(responses={205: None})
+    def delete(self, request: Request, connector_id: str, identity: str) -> Response:
+        device = _device(request, connector_id, identity)
+        services.delete_devices(
+            device.connector, Device.objects.filter(pk=device.pk), actor=request.user
+        )
+        return Response(status=205)
+
+
+class IdentityImportView(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {
+                    "identities": {"type": "string", "format": "binary"},
+                    "update": {"type": "boolean"},
+                    "dry_run": {"type": "boolean"},
+                },
+            }
+        },
+        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT},
+    )
+    def post(self, request: Request, connector_id: str) -> Response:
+        connector = user_connector(request, connector_id)
+        upload = request.FILES.get("identities")
+        if upload is None:
+            return Response(
+                {
+                    "errors": [
+                        {
+                            "line": None,
+                            "message": "Send the CSV file as the multipart field “identities”.",
+                        }
+                    ]
+                },
+                status=400,
+            )
+        report = import_identities(
+            connector,
+            upload,
+            actor=request.user,
+            update=request.data.get("update", "").lower() in TRUE,
+            dry_run=request.data.get("dry_run", "").lower() in TRUE,
+            source_ip=request.META.get("REMOTE_ADDR"),
+        )
+        return Response(report.as_json(), status=200 if report.ok else 400)
