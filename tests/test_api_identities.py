@@ -284,7 +284,7 @@ def test_tutorial_curl_whitelist_one_then_bulk(live_api, tmp_path):
         "-H",
         "Content-Type: application/json",
         "-d",
-        '{"auth":{"expire":%d},"locked":false}' % expire,
+        '{"auth":{"expire":' + str(expire) + '},"locked":false}',
         "-vvv",
         "-u",
         f"maker@example.com:{PASSWORD}",
