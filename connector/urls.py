@@ -1,5 +1,5 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from connector import views
 from connector.forms import SignInForm
@@ -18,7 +18,7 @@ urlpatterns = [
     path("c/<str:connector_id>/", views.connector_settings, name="connector-settings"),
     path("c/<str:connector_id>/rename/", views.connector_rename, name="connector-rename"),
     path("c/<str:connector_id>/delete/", views.connector_delete, name="connector-delete"),
-    path("c/<str:connector_id>/devices/", views.connector_devices, name="connector-devices"),
+    path("c/<str:connector_id>/devices/", include("devices.urls")),
     path("c/<str:connector_id>/resources/", views.connector_resources, name="connector-resources"),
     path("c/<str:connector_id>/logs/", views.connector_logs, name="connector-logs"),
 ]

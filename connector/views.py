@@ -91,12 +91,6 @@ def connector_delete(request: HttpRequest, connector_id: str) -> HttpResponse:
 
 
 @login_required
-def connector_devices(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
-    return _tab(request, connector, "devices", "connector/devices.html")
-
-
-@login_required
 def connector_resources(request: HttpRequest, connector_id: str) -> HttpResponse:
     connector = user_connector(request, connector_id)
     return _tab(request, connector, "resources", "connector/resources.html")

@@ -87,9 +87,10 @@ def with_details(qs):
     )
 
 
-def page(qs, *, after: str = "", before: str = "", limit: int = DEFAULT_LIMIT):
+def page(qs, *, after: str = "", before: str = "", limit: int | None = None):
     """One page in identity order: after `after`, or the page that ends before `before`.
     Returns (devices in ascending order, more_after, more_before)."""
+    limit = limit or DEFAULT_LIMIT
     if before:
         rows = list(with_details(qs.filter(identity__lt=before).order_by("-identity"))[: limit + 1])
         more_before = len(rows) > limit

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from connector.models import Connector, User
+from devices.models import Device
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -97,3 +98,77 @@ def test_copy_button_puts_the_device_api_domain_on_the_clipboard(page, live_serv
     button.click()
     expect(button).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == f"{connector.id}.localhost"
+
+
+def sign_in(page, email: str) -> None:
+    page.goto("/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("a long factory passphrase")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="IoT Connectors")).to_be_visible()
+
+
+def test_whitelist_one_then_many_from_the_tutorial_csv(page, tmp_path):
+    from pathlib import Path
+
+    from connector.services import create_connector
+
+    user = User.objects.create_user("factory@example.com", "a long factory passphrase")
+    connector = create_connector(user, "Tutorial")
+    connector.id_type, connector.id_length = "base10", 8
+    connector.save()
+    sign_in(page, "factory@example.com")
+    page.goto(f"/c/{connector.id}/devices/")
+
+    # + NEW DEVICE(S) → Add one device; the identity is checked as it is typed.
+    page.get_by_text("+ New device(s)", exact=True).click()
+    page.get_by_role("menuitem", name="Add one device").click()
+    expect(page.get_by_label("Activation period (hours)")).to_have_value("48")
+    identity = page.get_by_label("Identity", exact=True)
+    identity.fill("0000001")
+    expect(page.locator("#identity-live")).to_contain_text("exactly 8 characters")
+    identity.fill("00000001")
+    expect(page.locator("#identity-live")).to_have_text("✓ Valid identity")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_text("Device 00000001 whitelisted.")).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(1)
+    expect(page.locator("tbody tr").first.locator(".status")).to_have_text("Whitelisted")
+
+    # + NEW DEVICE(S) → Add many devices: check first, then add.
+    page.get_by_text("+ New device(s)", exact=True).click()
+    page.get_by_role("menuitem", name="Add many devices").click()
+    csv_path = Path(__file__).parent / "data" / "identities.csv"
+    page.get_by_label("CSV file").set_input_files(str(csv_path))
+    page.get_by_role("button", name="Upload CSV").click()
+    summary = page.get_by_role("status")
+    expect(summary).to_contain_text("4 devices will be whitelisted")
+    expect(summary).to_contain_text("1 already exists and will be skipped")
+    page.get_by_role("button", name="Add 4 devices").click()
+    expect(page.get_by_text("4 whitelisted, 0 updated, 1 skipped")).to_be_visible()
+
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(5)
+    expect(page.locator("tbody .status", has_text="Whitelisted")).to_have_count(5)
+    expect(rows.nth(4)).to_contain_text("group: g3")
+    expect(rows.nth(4)).to_contain_text("claim_code: def")
+
+    # The legend explains the icons; filter by status.
+    page.get_by_text("Status icons").click()
+    expect(page.locator(".legend")).to_contain_text("May provision until its activation deadline")
+    Device.objects.filter(identity="00000003").update(locked=True)
+    page.get_by_label("Status").select_option("locked")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("00000003")
+    page.get_by_label("Status").select_option("whitelisted")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(4)
+
+    # Open one device.
+    page.get_by_role("link", name="00000005").click()
+    expect(page.get_by_role("heading", name="00000005")).to_be_visible()
+    expect(page.get_by_label("Tags")).to_have_value("group=g3\nclaim_code=def")
+    expect(page.locator(".facts")).to_contain_text("Whitelisted")
+    page.goto(f"/c/{connector.id}/devices/d/00000001/")
+    events = page.get_by_role("table", name="Events of this device, newest first")
+    expect(events).to_contain_text("Whitelisted 00000001")

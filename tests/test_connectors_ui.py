@@ -9,7 +9,7 @@ from connector.models import Connector, Event
 
 TAB_URLS = [
     "connector-settings",
-    "connector-devices",
+    "device-list",
     "connector-resources",
     "connector-logs",
     "connector-delete",
@@ -89,7 +89,7 @@ def test_assets_are_served_by_the_app_not_a_cdn(browser_client, connector):
 
 def test_device_api_domain_follows_the_setting(browser_client, connector, settings):
     settings.DEVICE_API_DOMAIN = "devices.example.net"
-    page = browser_client.get(reverse("connector-devices", args=[connector.id])).content.decode()
+    page = browser_client.get(reverse("device-list", args=[connector.id])).content.decode()
     assert f'value="{connector.id}.devices.example.net"' in page
 
 

@@ -12,13 +12,10 @@ from devices.models import Device, DeviceTag
 from tests.certs import make_cert, pem
 
 HEADER = "ID,TLS Client Certificate,Tags\n"
-TUTORIAL = (
-    HEADER
-    + "".join(
-        f'0000000{i},,"[{{""name"": ""group"", ""value"": ""g{g}""}},'
-        f'{{""name"": ""claim_code"", ""value"": ""{c}""}}]"\n'
-        for i, g, c in [(1, 1, "abc"), (2, 1, "abc"), (3, 2, "def"), (4, 2, "def"), (5, 3, "def")]
-    )
+TUTORIAL = HEADER + "".join(
+    f'0000000{i},,"[{{""name"": ""group"", ""value"": ""g{g}""}},'
+    f'{{""name"": ""claim_code"", ""value"": ""{c}""}}]"\n'
+    for i, g, c in [(1, 1, "abc"), (2, 1, "abc"), (3, 2, "def"), (4, 2, "def"), (5, 3, "def")]
 )
 
 
@@ -82,21 +79,35 @@ def test_blank_lines_and_empty_trailing_rows_are_ignored(base10):
     [
         (b"", [(None, "The file is empty")]),
         (HEADER, [(None, "header but no devices")]),
-        ("00000001,,\n", [(1, "The first row must be the header ID,TLS Client Certificate,Tags "
-                              "(found “00000001”)")]),
+        (
+            "00000001,,\n",
+            [
+                (
+                    1,
+                    "The first row must be the header ID,TLS Client Certificate,Tags "
+                    "(found “00000001”)",
+                )
+            ],
+        ),
         ("Tags,ID\n[],00000001\n", [(1, "The first column must be “ID”")]),
         ("ID,Serial,Tags\n00000001,x,\n", [(1, "Unknown column 2 “Serial”")]),
         ("ID,Tags,Tags\n", [(1, "appears twice")]),
         ("ID,TLS Client Certificate,Tags,Extra\n", [(1, "Unknown column 4 “Extra”")]),
         (HEADER + "00000001,,,\n", [(2, "4 cells, expected 3 (ID, TLS Client Certificate, Tags)")]),
         (HEADER + "00000001\n", [(2, "1 cells, expected 3")]),
-        (HEADER + "00000001,,\n00000001,,\n", [(3, "ID “00000001” appears again (first on line 2)")]),
+        (
+            HEADER + "00000001,,\n00000001,,\n",
+            [(3, "ID “00000001” appears again (first on line 2)")],
+        ),
         (HEADER + "0000001,,\n", [(2, "ID “0000001”: The identity must have exactly 8")]),
         (HEADER + " 00000001,,\n", [(2, "space or control character at position 1")]),
         (HEADER + "00000001,,[{\n", [(2, "Tags: Tags are not valid JSON")]),
-        (HEADER + '00000001,,"{""name"": ""a"", ""value"": ""b""}"\n', [(2, "Tags: Tags must be a list")]),
-        (HEADER + '00000001,,"[{""name"": ""a""}]"\n', [(2, "exactly \"name\" and \"value\"")]),
-        (HEADER + '00000001,,"[""a""]"\n', [(2, "exactly \"name\" and \"value\"")]),
+        (
+            HEADER + '00000001,,"{""name"": ""a"", ""value"": ""b""}"\n',
+            [(2, "Tags: Tags must be a list")],
+        ),
+        (HEADER + '00000001,,"[{""name"": ""a""}]"\n', [(2, 'exactly "name" and "value"')]),
+        (HEADER + '00000001,,"[""a""]"\n', [(2, 'exactly "name" and "value"')]),
         (HEADER + "00000001,garbage,\n", [(2, "TLS Client Certificate: No PEM certificate found")]),
         (HEADER + "00000001,,\n" + "00000002,,\n" + "x\x00y,,\n", [(4, "control character")]),
         (b"ID,Tags\n00000001,\xe9t\xe9\n", [(2, "not UTF-8 (byte 0xe9 at character 10)")]),
@@ -117,8 +128,13 @@ def test_bad_files_give_clear_errors_and_import_nothing(base10, content, expecte
 def test_certificate_for_another_identity_is_refused(base10):
     cert, _ = make_cert("00000002")
     report = run(base10, HEADER + f'00000001,"{pem(cert)}",\n')
-    assert messages(report) == [(2, "TLS Client Certificate: The certificate's CN is “00000002”, "
-                                    "not the identity “00000001”.")]
+    assert messages(report) == [
+        (
+            2,
+            "TLS Client Certificate: The certificate's CN is “00000002”, "
+            "not the identity “00000001”.",
+        )
+    ]
 
 
 def test_multiline_certificate_cells_keep_line_numbers_right(base10):
@@ -154,8 +170,9 @@ def test_size_and_row_limits(base10, settings):
 
     settings.IMPORT_MAX_BYTES = 32 * 1024 * 1024
     report = import_identities(base10, Big(b"ID\n00000001\n"))
-    assert messages(report) == [(None, "The file is 52.4 MB; the limit is 34 MB. "
-                                       "Split it into smaller files.")]
+    assert messages(report) == [
+        (None, "The file is 52.4 MB; the limit is 34 MB. Split it into smaller files.")
+    ]
 
 
 def test_fifty_megabyte_file_is_refused_cleanly_without_500(base10, settings):
@@ -172,8 +189,9 @@ def test_fifty_megabyte_file_is_refused_cleanly_without_500(base10, settings):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=basic("alice@example.com"))
     upload = SimpleUploadedFile("big.csv", body, content_type="text/csv")
-    response = client.post(f"/api:1/service/{base10.id}/device2/identities",
-                           {"identities": upload}, format="multipart")
+    response = client.post(
+        f"/api:1/service/{base10.id}/device2/identities", {"identities": upload}, format="multipart"
+    )
     assert response.status_code == 400
     assert "limit is 34 MB" in response.json()["errors"][0]["message"]
 

@@ -30,3 +30,38 @@ function syncConditional() {
 }
 document.addEventListener("change", syncConditional);
 document.addEventListener("DOMContentLoaded", syncConditional);
+
+// Devices list: "select all" and a live count of the selected rows.
+document.addEventListener("change", (event) => {
+  const all = event.target.closest("[data-select-all]");
+  const form = event.target.form;
+  if (all) {
+    form.querySelectorAll(`input[name="${all.dataset.selectAll}"]`).forEach((box) => { box.checked = all.checked; });
+  }
+  const counter = form && form.querySelector("#selected-count");
+  if (counter) {
+    const n = form.querySelectorAll('input[name="identity"]:checked').length;
+    counter.textContent = n ? `${n} selected` : "Select devices for bulk actions";
+  }
+});
+
+// Add one device: check the identity against the connector's format while typing.
+(() => {
+  let timer;
+  document.addEventListener("input", (event) => {
+    const input = event.target.closest("[data-check-url]");
+    if (!input) return;
+    const out = document.getElementById("identity-live");
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      if (!input.value) { out.textContent = ""; out.className = "help"; return; }
+      const url = `${input.dataset.checkUrl}?identity=${encodeURIComponent(input.value)}`;
+      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const result = await response.json();
+      out.textContent = result.valid ? "✓ Valid identity" : `✗ ${result.reason}`;
+      out.className = `help ${result.valid ? "ok" : "bad"}`;
+      input.setAttribute("aria-invalid", result.valid ? "false" : "true");
+    }, 200);
+  });
+})();

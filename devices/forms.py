@@ -1,0 +1,72 @@
+"""Forms of the Devices tab. Validation of the values themselves lives in the services."""
+
+from __future__ import annotations
+
+from django import forms
+
+from devices.validation import parse_tags_lines
+
+TAGS_HELP = "One tag per line as name=value, e.g. group=g1."
+
+
+class TagsField(forms.CharField):
+    widget = forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "placeholder": "group=g1"})
+
+    def clean(self, value) -> list[dict[str, str]]:
+        text = super().clean(value)
+        try:
+            return parse_tags_lines(text)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
+def tags_text(tags: list[dict[str, str]]) -> str:
+    return "\n".join(f"{t['name']}={t['value']}" for t in tags)
+
+
+class AddDeviceForm(forms.Form):
+    identity = forms.CharField(
+        label="Identity",
+        strip=False,
+        max_length=128,
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "spellcheck": "false", "autofocus": True}
+        ),
+    )
+    certificate = forms.CharField(
+        label="TLS client certificate (optional)",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        help_text="PEM. Its CN must be the identity.",
+    )
+    tags = TagsField(label="Tags (optional)", required=False, help_text=TAGS_HELP)
+    activation_hours = forms.IntegerField(
+        label="Activation period (hours)",
+        min_value=1,
+        max_value=8760,
+        help_text="The device must provision within this time.",
+    )
+
+    # Service error keys -> form fields.
+    FIELD_FOR = {
+        "identity": "identity",
+        "auth.key": "certificate",
+        "tags": "tags",
+        "auth.expire": "activation_hours",
+    }
+
+
+class ImportForm(forms.Form):
+    identities = forms.FileField(
+        label="CSV file",
+        help_text="Columns ID, TLS Client Certificate, Tags (UTF-8).",
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,text/csv"}),
+    )
+    update = forms.BooleanField(
+        label="Update existing identities (replace their certificate and tags)", required=False
+    )
+
+
+class TagsForm(forms.Form):
+    tags = TagsField(label="Tags", required=False, help_text=TAGS_HELP)
