@@ -188,3 +188,45 @@ class DeviceActivity(models.Model):
         if self.last_seen is None:
             return None
         return dt.datetime.fromtimestamp(self.last_seen / 1_000_000, tz=dt.UTC)
+
+
+class AliasValue(models.Model):
+    """The latest value of one alias of one device (SPEC.md section 4): `reported` by the
+    device, `set` by the cloud for settable resources; `timestamp` in µs."""
+
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="values", db_index=False
+    )
+    alias = models.CharField(max_length=64)
+    reported = models.TextField(null=True, blank=True)
+    set = models.TextField(null=True, blank=True)
+    timestamp = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device", "alias"], name="unique_alias_per_device")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias}={self.reported}"
+
+
+class DataPoint(models.Model):
+    """A historical value written with `record`."""
+
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="datapoints", db_index=False
+    )
+    alias = models.CharField(max_length=64)
+    timestamp = models.BigIntegerField()  # µs
+    value = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "alias", "timestamp"], name="unique_point_per_alias_time"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias}@{self.timestamp}={self.value}"

@@ -128,6 +128,8 @@ MIDDLEWARE = [
     # First: decides whether forwarded headers (client address, scheme, client certificate)
     # may be believed, before anything reads them.
     "iotconnector.middleware.TrustedProxyMiddleware",
+    # Device API hosts are answered here, before the management stack (sessions, CSRF, …).
+    "provisioning.host.DeviceHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -227,6 +229,11 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# Failed device activations/authentications allowed per connector and client address in one
+# window (seconds) before answering 429 with Retry-After.
+DEVICE_AUTH_FAILURE_LIMIT = env.int("DEVICE_AUTH_FAILURE_LIMIT", default=30)
+DEVICE_AUTH_FAILURE_WINDOW = env.int("DEVICE_AUTH_FAILURE_WINDOW", default=60)
 
 # CSV whitelisting: largest file and most devices per import.
 IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=128 * 1024 * 1024)

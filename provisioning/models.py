@@ -1,0 +1,26 @@
+"""Counters of failed device authentications, shared by every process through the database."""
+
+from django.db import models
+
+
+class AuthFailure(models.Model):
+    """Failed activations and authentications from one address to one connector, per window.
+
+    One row per (connector, address, window start); incremented with an upsert.
+    """
+
+    connector_id = models.CharField(max_length=20)
+    ip = models.GenericIPAddressField()
+    window_start = models.BigIntegerField()  # unix seconds
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connector_id", "ip", "window_start"], name="unique_failure_window"
+            )
+        ]
+        indexes = [models.Index(fields=["window_start"], name="failure_window")]
+
+    def __str__(self) -> str:
+        return f"{self.ip} → {self.connector_id}: {self.count}"

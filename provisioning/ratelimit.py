@@ -1,0 +1,64 @@
+"""Slow down guessing: failed device authentications per (connector, address) per window.
+
+Counted in the database so every process and server sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import IntegerField, OuterRef, Subquery
+
+from provisioning.models import AuthFailure
+
+
+def _window(now: float) -> int:
+    size = settings.DEVICE_AUTH_FAILURE_WINDOW
+    return int(now) // size * size
+
+
+def retry_after(now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    return _window(now) + settings.DEVICE_AUTH_FAILURE_WINDOW - int(now)
+
+
+def failures_subquery(ip: str, connector_field: str = "connector_id") -> Subquery:
+    """Failures in the current window, for annotating the query that finds the device."""
+    return Subquery(
+        AuthFailure.objects.filter(
+            connector_id=OuterRef(connector_field), ip=ip, window_start=_window(time.time())
+        ).values("count")[:1],
+        output_field=IntegerField(),
+    )
+
+
+def current_failures(connector_id: str, ip: str) -> int:
+    row = AuthFailure.objects.filter(
+        connector_id=connector_id, ip=ip, window_start=_window(time.time())
+    ).values_list("count", flat=True)
+    return next(iter(row), 0)
+
+
+def is_limited(count: int | None) -> bool:
+    return (count or 0) >= settings.DEVICE_AUTH_FAILURE_LIMIT
+
+
+def note_failure(connector_id: str, ip: str) -> int:
+    """Count one failure; returns the count in the current window."""
+    window = _window(time.time())
+    table = connection.ops.quote_name(AuthFailure._meta.db_table)
+    with connection.cursor() as cursor:
+        # One statement on both backends; the unique constraint makes it race-free.
+        cursor.execute(
+            f"INSERT INTO {table} (connector_id, ip, window_start, count) VALUES (%s, %s, %s, 1) "  # noqa: S608
+            "ON CONFLICT (connector_id, ip, window_start) DO UPDATE SET count = "
+            f"{table}.count + 1 RETURNING count",
+            [connector_id, ip, window],
+        )
+        count = cursor.fetchone()[0]
+    if random.random() < 0.01:  # noqa: S311 (housekeeping, not security)
+        AuthFailure.objects.filter(window_start__lt=window - 3600).delete()
+    return count

@@ -1,0 +1,269 @@
+"""Device API state changes: activation, writes, reads, records. One function each."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from connector import events, keys
+from connector.identity import identity_error
+from connector.models import AuthType, Connector, EventType, now_us
+from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
+from provisioning import ratelimit
+from provisioning.wire import encode_pairs
+
+MIN_PASSWORD_BYTES = 20
+# Last IP / last seen are rewritten at most this often per device (µs), not on every request.
+ACTIVITY_EVERY_US = 60 * 1_000_000
+# Longest value kept in an event's payload (the stored value is never cut).
+EVENT_VALUE_CHARS = 200
+
+
+@dataclass
+class Outcome:
+    status: int
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def ip_allowed(connector: Connector, ip: str) -> bool:
+    if not connector.ip_whitelisting_enabled:
+        return True
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for entry in connector.ip_allowed:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _fail(
+    connector: Connector,
+    identity: str,
+    ip: str,
+    status: int,
+    reason: str,
+    *,
+    count: bool = False,
+    event_type: str = EventType.PROVISION_FAILED,
+) -> Outcome:
+    """A refused activation: logged with its reason; guessing-type failures are counted."""
+    if count:
+        ratelimit.note_failure(connector.pk, ip)
+    events.record(
+        connector,
+        event_type,
+        f"Provision of {identity[:60]} refused: {reason}",
+        identity=identity[:128],
+        source_ip=ip,
+        payload={"reason": reason, "status": status},
+    )
+    return Outcome(status, reason)
+
+
+def activate_device(
+    connector: Connector, identity: str, password: str | None, ip: str, *, secure: bool
+) -> Outcome:
+    """`POST /provision/activate` after transport, rate and content-type checks (SPEC §3)."""
+    if connector.auth_type == AuthType.CERTIFICATE:
+        return _fail(connector, identity, ip, 415, "this connector uses TLS client certificates")
+    if not connector.provisioning_enabled:
+        return _fail(connector, identity, ip, 403, "provisioning is disabled")
+    if not ip_allowed(connector, ip):
+        return _fail(connector, identity, ip, 403, f"address {ip} is not allowed to provision")
+    if reason := identity_error(identity, connector.identity_format):
+        return _fail(connector, identity, ip, 404, reason, count=True)
+    if connector.auth_type == AuthType.PASSWORD:
+        if password is None:
+            return _fail(connector, identity, ip, 415, "this connector expects a password")
+        if len(password.encode()) < MIN_PASSWORD_BYTES:
+            return _fail(
+                connector,
+                identity,
+                ip,
+                415,
+                f"the password is shorter than {MIN_PASSWORD_BYTES} bytes",
+            )
+        credential, auth_type = password, DeviceAuthType.PASSWORD
+    else:
+        if password is not None:
+            return _fail(
+                connector, identity, ip, 415, "this connector provisions tokens, not passwords"
+            )
+        credential, auth_type = keys.new_token(40), DeviceAuthType.TOKEN
+    # Provisioned over plain HTTP (developer mode) is shown as such.
+    state = Status.PROVISIONED if secure else Status.DEVMODE
+    now, now_dt = now_us(), timezone.now()
+    fields = {
+        "state": state,
+        "auth_type": auth_type,
+        "secret_hash": keys.keyed_hash(credential),
+        "provisioned_at": now_dt,
+    }
+    with transaction.atomic():
+        device = Device.objects.filter(connector=connector, identity=identity).first()
+        if device is None:
+            if not connector.presenter_identity:
+                return _fail(
+                    connector, identity, ip, 404, "identity is not whitelisted", count=True
+                )
+            try:
+                with transaction.atomic():
+                    device = Device.objects.create(connector=connector, identity=identity, **fields)
+            except IntegrityError:  # registered by a concurrent request
+                return _fail(
+                    connector, identity, ip, 409, "identity already provisioned", count=True
+                )
+        else:
+            # The one-time step: only one of concurrent activations can match this UPDATE.
+            won = Device.objects.filter(
+                Q(state=Status.REPROVISION)
+                | Q(state=Status.WHITELISTED) & (Q(expire__isnull=True) | Q(expire__gte=now)),
+                pk=device.pk,
+                locked=False,
+            ).update(**fields)
+            if not won:
+                device.refresh_from_db()
+                if device.locked:
+                    return _fail(connector, identity, ip, 403, "device is locked")
+                if device.state == Status.WHITELISTED:
+                    return _fail(
+                        connector,
+                        identity,
+                        ip,
+                        409,
+                        "activation window expired",
+                        count=True,
+                        event_type=EventType.EXPIRED,
+                    )
+                return _fail(
+                    connector, identity, ip, 409, "identity already provisioned", count=True
+                )
+        DeviceActivity.objects.update_or_create(
+            device=device, defaults={"last_ip": ip, "last_seen": now}
+        )
+        events.record(
+            connector,
+            EventType.PROVISIONED,
+            f"Provisioned {identity} ({auth_type})",
+            identity=identity,
+            source_ip=ip,
+            payload={"auth_type": auth_type, "secure": secure},
+        )
+    if auth_type == DeviceAuthType.PASSWORD:
+        return Outcome(204)
+    return Outcome(200, credential)
+
+
+def touch(device: Device, ip: str, now: int) -> None:
+    """Record last IP / last seen in the narrow activity row, at most once a minute."""
+    activity = getattr(device, "activity", None)
+    if activity and activity.last_ip == ip and now - (activity.last_seen or 0) < ACTIVITY_EVERY_US:
+        return
+    DeviceActivity.objects.bulk_create(
+        [DeviceActivity(device_id=device.pk, last_ip=ip, last_seen=now)],
+        update_conflicts=True,
+        unique_fields=["device"],
+        update_fields=["last_ip", "last_seen"],
+    )
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= EVENT_VALUE_CHARS else value[:EVENT_VALUE_CHARS] + "…"
+
+
+def write_values(device: Device, pairs: list[tuple[str, str]], ip: str) -> None:
+    """Store a device write (one timestamp for all aliases) and log it, in one transaction."""
+    now = now_us()
+    with transaction.atomic():
+        AliasValue.objects.bulk_create(
+            [AliasValue(device_id=device.pk, alias=a, reported=v, timestamp=now) for a, v in pairs],
+            update_conflicts=True,
+            unique_fields=["device", "alias"],
+            update_fields=["reported", "timestamp"],
+        )
+        events.record(
+            device.connector_id,
+            EventType.DATA_IN,
+            "Write " + ", ".join(f"{a}={_short(v)}" for a, v in pairs)[:250],
+            identity=device.identity,
+            source_ip=ip,
+            payload={"values": {a: _short(v) for a, v in pairs}},
+        )
+    touch(device, ip, now)
+
+
+def read_values(device: Device, aliases: list[str], ip: str) -> list[tuple[str, str]]:
+    """Current values of the aliases that have one, in the order asked."""
+    rows = dict(
+        AliasValue.objects.filter(device_id=device.pk, alias__in=aliases).values_list(
+            "alias", "reported"
+        )
+    )
+    found = [(a, rows[a]) for a in dict.fromkeys(aliases) if rows.get(a) is not None]
+    events.record(
+        device.connector_id,
+        EventType.READ,
+        f"Read {', '.join(aliases)[:200]}",
+        identity=device.identity,
+        source_ip=ip,
+        payload={"aliases": aliases[:50], "answered": [a for a, _ in found]},
+    )
+    touch(device, ip, now_us())
+    return found
+
+
+def record_values(device: Device, points: dict[str, list[tuple[int, str]]], ip: str) -> Outcome:
+    """Historical points; any collision with stored points refuses the whole request (409)."""
+    try:
+        with transaction.atomic():
+            if conflict := _record_conflicts(device, points):
+                return conflict
+            DataPoint.objects.bulk_create(
+                [
+                    DataPoint(device_id=device.pk, alias=alias, timestamp=ts * 1_000_000, value=v)
+                    for alias, items in points.items()
+                    for ts, v in items
+                ]
+            )
+            count = sum(len(items) for items in points.values())
+            events.record(
+                device.connector_id,
+                EventType.RECORD,
+                f"Recorded {count} point{'s' if count != 1 else ''} for {', '.join(points)[:200]}",
+                identity=device.identity,
+                source_ip=ip,
+                payload={"points": {a: len(i) for a, i in points.items()}},
+            )
+    except IntegrityError:  # a concurrent record stored the same points first
+        return _record_conflicts(device, points) or Outcome(409, "")
+    touch(device, ip, now_us())
+    return Outcome(204)
+
+
+def _record_conflicts(device: Device, points: dict[str, list[tuple[int, str]]]) -> Outcome | None:
+    wanted = Q()
+    for alias, items in points.items():
+        wanted |= Q(alias=alias, timestamp__in=[ts * 1_000_000 for ts, _ in items])
+    clashes: dict[str, list[int]] = {}
+    stored = DataPoint.objects.filter(wanted, device_id=device.pk)
+    for alias, ts in stored.values_list("alias", "timestamp"):
+        clashes.setdefault(alias, []).append(ts // 1_000_000)
+    if not clashes:
+        return None
+    body = encode_pairs((a, ",".join(str(t) for t in sorted(ts))) for a, ts in clashes.items())
+    return Outcome(409, body)
+
+
+def unix_now() -> int:
+    return int(time.time())

@@ -1,0 +1,123 @@
+"""HTTP Device API views (SPEC.md sections 2-3), served at the root of a connector's host.
+
+Views are thin: parse the wire format, authenticate through `provisioning.auth`, call one
+service, answer with the status codes of the spec.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.http import HttpRequest, HttpResponse
+
+from connector.models import Connector
+from provisioning import ratelimit, services, wire
+from provisioning.auth import authenticate, client_ip, text, too_many, transport_ok
+
+
+def _body(request: HttpRequest) -> bytes:
+    """The request body, refusing more than 1 MiB before reading it."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise wire.WireError(400, "bad Content-Length") from None
+    if length > wire.MAX_BODY:
+        raise wire.WireError(413, "the body is larger than 1 MiB")
+    body = request.read(wire.MAX_BODY + 1)
+    if len(body) > wire.MAX_BODY:
+        raise wire.WireError(413, "the body is larger than 1 MiB")
+    return body
+
+
+def _require_form(request: HttpRequest) -> None:
+    if not wire.is_form(request.META.get("CONTENT_TYPE", "")):
+        raise wire.WireError(415, f"send {wire.FORM_TYPE}; charset=utf-8")
+
+
+def timestamp(request: HttpRequest, connector_id: str) -> HttpResponse:
+    if request.method != "GET":
+        return text(405)
+    if not Connector.objects.filter(pk=connector_id).exists():
+        return text(404)
+    return text(200, str(int(time.time())))
+
+
+def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return text(405)
+    connector = Connector.objects.filter(pk=connector_id).first()
+    if connector is None:
+        return text(404)
+    if not transport_ok(request, connector):
+        return text(403, "plain HTTP is refused: use HTTPS")
+    ip = client_ip(request)
+    if ratelimit.is_limited(ratelimit.current_failures(connector.pk, ip)):
+        return too_many()
+    try:
+        _require_form(request)
+        fields = dict(wire.parse_pairs(_body(request)))
+    except wire.WireError as exc:
+        return text(exc.status, exc.reason)
+    identity = fields.get("id", fields.get("sn"))
+    if not identity:
+        return text(400, "id is required")
+    outcome = services.activate_device(
+        connector, identity, fields.get("password"), ip, secure=request.is_secure()
+    )
+    return text(outcome.status, outcome.body, outcome.headers)
+
+
+def alias(request: HttpRequest, connector_id: str) -> HttpResponse:
+    """Read (GET), write (POST) and hybrid write-then-read (POST with a query string)."""
+    if request.method not in ("GET", "POST"):
+        return text(405)
+    device = authenticate(request, connector_id)
+    if isinstance(device, HttpResponse):
+        return device
+    ip = client_ip(request)
+    try:
+        aliases = [
+            wire.check_alias(a)
+            for a in wire.parse_query_aliases(request.META.get("QUERY_STRING", ""))
+        ]
+        if request.method == "POST":
+            _require_form(request)
+            pairs = wire.parse_write(_body(request))
+            services.write_values(device, pairs, ip)
+        elif not aliases:
+            raise wire.WireError(400, "name the aliases to read: ?alias1&alias2")
+    except wire.WireError as exc:
+        return text(exc.status, exc.reason)
+    if not aliases:
+        return text(204)
+    found = services.read_values(device, aliases, ip)
+    if not found:
+        return text(204)
+    return HttpResponse(
+        wire.encode_pairs(found),
+        status=200,
+        content_type="application/x-www-form-urlencoded; charset=utf-8",
+    )
+
+
+def record(request: HttpRequest, connector_id: str) -> HttpResponse:
+    if request.method != "POST":
+        return text(405)
+    device = authenticate(request, connector_id)
+    if isinstance(device, HttpResponse):
+        return device
+    try:
+        _require_form(request)
+        points = wire.parse_record(_body(request), int(time.time()))
+    except wire.WireError as exc:
+        return text(exc.status, exc.reason)
+    outcome = services.record_values(device, points, client_ip(request))
+    return text(outcome.status, outcome.body)
+
+
+ROUTES = {
+    "/timestamp": timestamp,
+    "/provision/activate": activate,
+    "/onep:v1/stack/alias": alias,
+    "/onep:v1/stack/record": record,
+}

@@ -1,0 +1,130 @@
+"""Wire format of the HTTP Device API: form bodies as Murano clients really send them.
+
+Pure functions. `WireError` carries the status code and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote_to_bytes
+
+MAX_BODY = 1024 * 1024
+MAX_ALIAS = 64
+
+FORM_TYPE = "application/x-www-form-urlencoded"
+# What a properly form-encoded value can contain. murano-client sends values raw (e.g. JSON
+# with quotes, braces and spaces): a value with any other character is taken as it is.
+_ENCODED = re.compile(r"[A-Za-z0-9._~\-+%*!'(),/:;@?$]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+class WireError(ValueError):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def is_form(content_type: str) -> bool:
+    main, _, params = content_type.partition(";")
+    if main.strip().lower() != FORM_TYPE:
+        return False
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return False
+    return True
+
+
+def _decode(part: str, what: str) -> str:
+    if not _ENCODED.fullmatch(part):
+        return part  # sent raw
+    if _BAD_ESCAPE.search(part):
+        raise WireError(400, f"bad percent-encoding in {what}")
+    try:
+        return unquote_to_bytes(part.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError(400, f"{what} is not UTF-8 after percent-decoding") from None
+
+
+def parse_pairs(body: bytes) -> list[tuple[str, str]]:
+    """`a=1&b=2` into pairs, in order; keys and values decoded (or taken raw, see above)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError(400, "the body is not UTF-8") from None
+    pairs = []
+    for item in text.split("&"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        name = _decode(key, "a name")
+        pairs.append((name, _decode(value, f"the value of {name[:MAX_ALIAS]}") if sep else ""))
+    return pairs
+
+
+def parse_query_aliases(query: str) -> list[str]:
+    """`?a1&a2` (read) into alias names; `a1=` forms are tolerated."""
+    aliases = []
+    for item in query.split("&"):
+        if not item:
+            continue
+        aliases.append(_decode(item.partition("=")[0], "an alias"))
+    return aliases
+
+
+def check_alias(alias: str) -> str:
+    if not alias:
+        raise WireError(400, "empty alias")
+    if len(alias) > MAX_ALIAS:
+        raise WireError(400, f"alias longer than {MAX_ALIAS} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in alias):
+        raise WireError(400, "alias contains control characters")
+    return alias
+
+
+def encode_pairs(pairs) -> str:
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+
+
+def parse_write(body: bytes) -> list[tuple[str, str]]:
+    pairs = parse_pairs(body)
+    if not pairs:
+        raise WireError(400, "nothing to write: send alias=value pairs")
+    seen = set()
+    for alias, _value in pairs:
+        check_alias(alias)
+        if alias in seen:
+            raise WireError(400, f"alias {alias} appears twice")
+        seen.add(alias)
+    return pairs
+
+
+def parse_record(body: bytes, now_s: int, max_future_s: int = 86400) -> dict[str, list]:
+    """`alias=a&<ts>=<v>&<ts>=<v>&alias=b&…` into {alias: [(ts_seconds, value), …]}."""
+    pairs = parse_pairs(body)
+    if not pairs:
+        raise WireError(400, "nothing to record: send alias=<alias>&<timestamp>=<value>")
+    points: dict[str, list] = {}
+    current = None
+    for key, value in pairs:
+        if key == "alias":
+            current = check_alias(value)
+            points.setdefault(current, [])
+            continue
+        if current is None:
+            raise WireError(400, "a timestamp comes before any alias=")
+        if not key.isascii() or not key.isdigit():
+            raise WireError(400, f"timestamp {key[:20]!r} is not whole unix seconds")
+        ts = int(key)
+        if ts > now_s + max_future_s:
+            raise WireError(400, f"timestamp {ts} is more than a day in the future")
+        if any(existing == ts for existing, _ in points[current]):
+            raise WireError(400, f"timestamp {ts} appears twice for {current}")
+        points[current].append((ts, value))
+    if not any(points.values()):
+        raise WireError(400, "no timestamp=value pairs to record")
+    return points
