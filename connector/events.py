@@ -7,6 +7,17 @@ from typing import Any
 from connector.models import Connector, Event, EventType
 
 
+def _clean(value: Any) -> Any:
+    """PostgreSQL refuses NUL in text and JSON: keep what a client sent readable instead."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 def record(
     connector: Connector | str,
     type: EventType | str,
@@ -22,10 +33,10 @@ def record(
     return Event.objects.create(
         connector_id=connector_id,
         type=type,
-        summary=summary[:300],
-        identity=identity,
+        summary=_clean(summary[:300]),
+        identity=_clean(identity[:128]),
         source_ip=source_ip or None,
         actor=actor if actor is not None and actor.is_authenticated else None,
         actor_email=getattr(actor, "email", "") or "",
-        payload=payload or {},
+        payload=_clean(payload) if payload else {},
     )

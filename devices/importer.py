@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from connector import events
 from connector.models import Connector, EventType, now_us
+from connector.sql import insert_rows
 from devices.models import Device, DeviceAuthType, DeviceTag, Status
 from devices.validation import check_device_certificate, check_identity, parse_tags_json
 from provisioning.pki import CertInfo
@@ -336,7 +337,7 @@ def _insert_devices(connector: Connector, values: list[tuple]) -> dict[str, int]
             return dict(cursor.fetchall())
     adapt = connection.ops.adapt_datetimefield_value
     values = [(*v[:8], adapt(v[8]), v[9], adapt(v[10])) for v in values]
-    return dict(_insert(Device, DEVICE_COLUMNS, values, returning=("identity", "id")))
+    return dict(insert_rows(Device, DEVICE_COLUMNS, values, returning=("identity", "id")))
 
 
 def _copy(model, columns: list[str], values: list[tuple]) -> None:
@@ -345,24 +346,6 @@ def _copy(model, columns: list[str], values: list[tuple]) -> None:
     with connection.cursor() as cursor, cursor.copy(sql) as copy:
         for value in values:
             copy.write_row(value)
-
-
-def _insert(model, columns: list[str], values: list[tuple], returning: tuple[str, ...] = ()):
-    if not values:
-        return []
-    qn = connection.ops.quote_name
-    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    # Only names from the model and placeholders go into the SQL text; values are parameters.
-    sql = (
-        f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(c) for c in columns)}) "  # noqa: S608
-        f"VALUES {', '.join([row_sql] * len(values))}"
-    )
-    if returning:
-        sql += " RETURNING " + ", ".join(qn(c) for c in returning)
-    params = [param for value in values for param in value]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall() if returning else []
 
 
 def _insert_tags(connector: Connector, device_tags: list[tuple[int, list[dict[str, str]]]]) -> None:
@@ -375,7 +358,7 @@ def _insert_tags(connector: Connector, device_tags: list[tuple[int, list[dict[st
         _copy(DeviceTag, TAG_COLUMNS, values)
         return
     for batch in _chunks(values, BATCH * 2):
-        _insert(DeviceTag, TAG_COLUMNS, batch)
+        insert_rows(DeviceTag, TAG_COLUMNS, batch)
 
 
 def _update(connector: Connector, rows: list[_Row], existing: dict[str, int]) -> None:

@@ -47,6 +47,8 @@ def check_tags(tags: Any) -> list[dict[str, str]]:
                 f"Tag {number} ({name[:20]}): names are at most {MAX_TAG_NAME} and values at "
                 f"most {MAX_TAG_VALUE} characters."
             )
+        if any(ord(c) < 32 or ord(c) == 127 for c in name) or "\x00" in value:
+            raise ValueError(f"Tag {number}: control characters are not allowed.")
         if name in seen:
             raise ValueError(f"Tag “{name}” appears twice.")
         seen.add(name)

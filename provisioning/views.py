@@ -29,9 +29,14 @@ def _body(request: HttpRequest) -> bytes:
     return body
 
 
-def _require_form(request: HttpRequest) -> None:
+def _form_body(request: HttpRequest, empty: str) -> bytes:
+    """The body of a form POST: 400 when empty, 415 when not form-encoded, 413 when too big."""
+    body = _body(request)
+    if not body:
+        raise wire.WireError(400, empty)
     if not wire.is_form(request.META.get("CONTENT_TYPE", "")):
         raise wire.WireError(415, f"send {wire.FORM_TYPE}; charset=utf-8")
+    return body
 
 
 def timestamp(request: HttpRequest, connector_id: str) -> HttpResponse:
@@ -54,8 +59,7 @@ def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
     if ratelimit.is_limited(ratelimit.current_failures(connector.pk, ip)):
         return too_many()
     try:
-        _require_form(request)
-        fields = dict(wire.parse_pairs(_body(request)))
+        fields = dict(wire.parse_pairs(_form_body(request, "id is required")))
     except wire.WireError as exc:
         return text(exc.status, exc.reason)
     identity = fields.get("id", fields.get("sn"))
@@ -81,8 +85,7 @@ def alias(request: HttpRequest, connector_id: str) -> HttpResponse:
             for a in wire.parse_query_aliases(request.META.get("QUERY_STRING", ""))
         ]
         if request.method == "POST":
-            _require_form(request)
-            pairs = wire.parse_write(_body(request))
+            pairs = wire.parse_write(_form_body(request, "nothing to write: send alias=value"))
             services.write_values(device, pairs, ip)
         elif not aliases:
             raise wire.WireError(400, "name the aliases to read: ?alias1&alias2")
@@ -107,8 +110,8 @@ def record(request: HttpRequest, connector_id: str) -> HttpResponse:
     if isinstance(device, HttpResponse):
         return device
     try:
-        _require_form(request)
-        points = wire.parse_record(_body(request), int(time.time()))
+        body = _form_body(request, "nothing to record: send alias=<alias>&<timestamp>=<value>")
+        points = wire.parse_record(body, int(time.time()))
     except wire.WireError as exc:
         return text(exc.status, exc.reason)
     outcome = services.record_values(device, points, client_ip(request))

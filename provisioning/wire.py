@@ -90,13 +90,20 @@ def encode_pairs(pairs) -> str:
     return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
 
 
+def check_value(alias: str, value: str) -> str:
+    if "\x00" in value:
+        raise WireError(400, f"the value of {alias} contains a NUL character")
+    return value
+
+
 def parse_write(body: bytes) -> list[tuple[str, str]]:
     pairs = parse_pairs(body)
     if not pairs:
         raise WireError(400, "nothing to write: send alias=value pairs")
     seen = set()
-    for alias, _value in pairs:
+    for alias, value in pairs:
         check_alias(alias)
+        check_value(alias, value)
         if alias in seen:
             raise WireError(400, f"alias {alias} appears twice")
         seen.add(alias)
@@ -124,7 +131,7 @@ def parse_record(body: bytes, now_s: int, max_future_s: int = 86400) -> dict[str
             raise WireError(400, f"timestamp {ts} is more than a day in the future")
         if any(existing == ts for existing, _ in points[current]):
             raise WireError(400, f"timestamp {ts} appears twice for {current}")
-        points[current].append((ts, value))
+        points[current].append((ts, check_value(current, value)))
     if not any(points.values()):
         raise WireError(400, "no timestamp=value pairs to record")
     return points

@@ -212,3 +212,8 @@ def test_opaque_identities_with_formula_characters_round_trip(connector):
     assert "'=evil" in out.getvalue()
     assert run(connector, out.getvalue()).created == 1
     assert Device.objects.get().identity == "=evil"
+
+
+def test_control_characters_in_tags_are_refused(base10):
+    report = run(base10, HEADER + '00000001,,"[{""name"": ""a\\u0000"", ""value"": ""b""}]"\n')
+    assert "control characters" in messages(report)[0][1]

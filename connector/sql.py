@@ -1,0 +1,44 @@
+"""Multi-row INSERT (optionally upsert, optionally RETURNING) in one statement.
+
+The ORM's bulk_create wraps every call in a transaction (BEGIN + COMMIT: two more round trips)
+and builds a model instance per row; the device API and the CSV import need neither. Works on
+PostgreSQL and SQLite ≥ 3.35; only column names from the model and placeholders go into the
+SQL text, values are always parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.db import connection
+
+
+def insert_rows(
+    model,
+    columns: Sequence[str],
+    rows: Sequence[Sequence],
+    *,
+    conflict: Sequence[str] = (),
+    update: Sequence[str] = (),
+    returning: Sequence[str] = (),
+) -> list[tuple]:
+    if not rows:
+        return []
+    qn = connection.ops.quote_name
+    table = qn(model._meta.db_table)
+    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "  # noqa: S608
+        f"VALUES {', '.join([row_sql] * len(rows))}"
+    )
+    if conflict:
+        sql += f" ON CONFLICT ({', '.join(qn(c) for c in conflict)}) "
+        if update:
+            sql += "DO UPDATE SET " + ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in update)
+        else:
+            sql += "DO NOTHING"
+    if returning:
+        sql += " RETURNING " + ", ".join(qn(c) for c in returning)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for row in rows for value in row])
+        return cursor.fetchall() if returning else []
