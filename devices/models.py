@@ -90,9 +90,9 @@ class Device(models.Model):
         max_length=16, choices=DeviceAuthType, default=DeviceAuthType.NONE, blank=True
     )
     # Keyed hash (connector.keys.keyed_hash) of the token or password; looked up by value.
-    secret_hash = models.CharField(max_length=80, blank=True, default="", db_index=True)
+    secret_hash = models.CharField(max_length=80, blank=True, default="")
     cert_pem = models.TextField(blank=True, default="")
-    cert_fingerprint = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    cert_fingerprint = models.CharField(max_length=64, blank=True, default="")
     cert_not_after = models.DateTimeField(null=True, blank=True)
     # Activation deadline, µs since the epoch (Murano's auth.expire); None = no deadline.
     expire = models.BigIntegerField(null=True, blank=True)
@@ -110,6 +110,10 @@ class Device(models.Model):
         indexes = [
             # Status filter walks identities in order within one state.
             models.Index(fields=["connector", "state", "identity"], name="device_state_identity"),
+            # Token lookups and certificate matches: two equality columns, so the planner
+            # (SQLite's too) never prefers walking all of a connector's devices instead.
+            models.Index(fields=["connector", "secret_hash"], name="device_secret"),
+            models.Index(fields=["connector", "cert_fingerprint"], name="device_cert"),
         ]
 
     def __str__(self) -> str:

@@ -12,12 +12,14 @@ import re
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from connector import events, keys
 from connector.models import Connector, EventType
-from devices.models import Device, DeviceAuthType
+from devices.models import Device, DeviceActivity, DeviceAuthType
 from provisioning import ratelimit
+from provisioning.models import AuthFailure
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9]{40}")
 
@@ -75,18 +77,60 @@ def too_many() -> HttpResponse:
     return text(429, "too many failed attempts", {"Retry-After": str(ratelimit.retry_after())})
 
 
-def _lookup(connector_id: str, ip: str, creds: Credentials) -> Device | None:
-    qs = Device.objects.select_related("connector", "activity").annotate(
-        recent_failures=ratelimit.failures_subquery(ip)
+@dataclass(frozen=True)
+class DeviceContext:
+    """What the device API needs of an authenticated device, read by one query."""
+
+    pk: int
+    identity: str
+    connector_id: str
+    state: str
+    locked: bool
+    devmode_connector: bool
+    last_ip: str | None
+    last_seen: int | None
+    recent_failures: int | None
+    secret_hash: str = ""
+
+
+def _lookup_sql(where: str) -> str:
+    """Device + connector + activity + failures in the current window, in one statement.
+
+    Written out rather than built by the ORM: compiling the equivalent queryset cost more
+    than the rest of a device write put together.
+    """
+    qn = connection.ops.quote_name
+    device, conn, activity, failure = (
+        qn(m._meta.db_table) for m in (Device, Connector, DeviceActivity, AuthFailure)
     )
+    return (
+        f"SELECT d.id, d.identity, d.connector_id, d.state, d.locked, c.devmode, "  # noqa: S608
+        f"a.last_ip, a.last_seen, "
+        f"(SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
+        f" AND f.ip = %s AND f.window_start = %s), d.secret_hash "
+        f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
+        f"LEFT JOIN {activity} a ON a.device_id = d.id "
+        f"WHERE d.connector_id = %s AND d.auth_type = %s AND {where}"
+    )
+
+
+def _fetch(where: str, params: list) -> list[DeviceContext]:
+    with connection.cursor() as cursor:
+        cursor.execute(_lookup_sql(where), params)
+        return [DeviceContext(*row) for row in cursor.fetchall()]
+
+
+def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | None:
+    window = ratelimit.current_window()
     if creds.token is not None:
         if not TOKEN_RE.fullmatch(creds.token):
             return None  # wrong length or alphabet: no query can match
-        return qs.filter(
-            connector_id=connector_id,
-            auth_type=DeviceAuthType.TOKEN,
-            secret_hash__in=keys.candidate_hashes(creds.token),
-        ).first()
+        hashes = keys.candidate_hashes(creds.token)
+        found = _fetch(
+            f"d.secret_hash IN ({', '.join(['%s'] * len(hashes))})",
+            [ip, window, connector_id, DeviceAuthType.TOKEN, *hashes],
+        )
+        return found[0] if found else None
     if creds.basic is not None:
         # An identity may itself contain ":" (MAC addresses): try every split whose left part
         # is a possible identity, then check the password of the one that exists.
@@ -94,28 +138,25 @@ def _lookup(connector_id: str, ip: str, creds: Credentials) -> Device | None:
         for index, char in enumerate(creds.basic):
             if char == ":":
                 splits[creds.basic[:index]] = creds.basic[index + 1 :]
-        candidates = list(
-            qs.filter(
-                connector_id=connector_id,
-                auth_type=DeviceAuthType.PASSWORD,
-                identity__in=list(splits)[:16],
-            )
+        names = list(splits)[:16]
+        found = _fetch(
+            f"d.identity IN ({', '.join(['%s'] * len(names))})",
+            [ip, window, connector_id, DeviceAuthType.PASSWORD, *names],
         )
-        for device in candidates:
+        for device in found:
             if keys.hashes_match(device.secret_hash, splits[device.identity]):
                 return device
     return None
 
 
-def authenticate(request: HttpRequest, connector_id: str) -> Device | HttpResponse:
+def authenticate(request: HttpRequest, connector_id: str) -> DeviceContext | HttpResponse:
     ip = client_ip(request)
     creds = read_credentials(request)
     device = None
     if creds.token is not None or creds.basic is not None:
         device = _lookup(connector_id, ip, creds)
     if device is not None:
-        connector = device.connector
-        if not transport_ok(request, connector):
+        if not (request.is_secure() or device.devmode_connector or settings.DEVICE_API_INSECURE):
             return text(403, "plain HTTP is refused: use HTTPS")
         if ratelimit.is_limited(device.recent_failures):
             return too_many()

@@ -10,7 +10,6 @@ import time
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import IntegerField, OuterRef, Subquery
 
 from provisioning.models import AuthFailure
 
@@ -25,14 +24,9 @@ def retry_after(now: float | None = None) -> int:
     return _window(now) + settings.DEVICE_AUTH_FAILURE_WINDOW - int(now)
 
 
-def failures_subquery(ip: str, connector_field: str = "connector_id") -> Subquery:
-    """Failures in the current window, for annotating the query that finds the device."""
-    return Subquery(
-        AuthFailure.objects.filter(
-            connector_id=OuterRef(connector_field), ip=ip, window_start=_window(time.time())
-        ).values("count")[:1],
-        output_field=IntegerField(),
-    )
+def current_window() -> int:
+    """Start of the current window: the device lookup reads this window's failure count."""
+    return _window(time.time())
 
 
 def current_failures(connector_id: str, ip: str) -> int:

@@ -6,7 +6,7 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -16,6 +16,7 @@ from connector.models import AuthType, Connector, EventType, now_us
 from connector.sql import insert_rows
 from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
 from provisioning import ratelimit
+from provisioning.auth import DeviceContext
 from provisioning.wire import encode_pairs
 
 MIN_PASSWORD_BYTES = 20
@@ -112,46 +113,49 @@ def activate_device(
         "provisioned_at": now_dt,
     }
     with transaction.atomic():
-        device = Device.objects.filter(connector=connector, identity=identity).first()
-        if device is None:
-            if not connector.presenter_identity:
-                return _fail(
-                    connector, identity, ip, 404, "identity is not whitelisted", count=True
-                )
-            try:
-                with transaction.atomic():
-                    device = Device.objects.create(connector=connector, identity=identity, **fields)
-            except IntegrityError:  # registered by a concurrent request
-                return _fail(
-                    connector, identity, ip, 409, "identity already provisioned", count=True
-                )
-        else:
-            # The one-time step: only one of concurrent activations can match this UPDATE.
-            won = Device.objects.filter(
-                Q(state=Status.REPROVISION)
-                | Q(state=Status.WHITELISTED) & (Q(expire__isnull=True) | Q(expire__gte=now)),
-                pk=device.pk,
-                locked=False,
-            ).update(**fields)
-            if not won:
-                device.refresh_from_db()
-                if device.locked:
-                    return _fail(connector, identity, ip, 403, "device is locked")
-                if device.state == Status.WHITELISTED:
+        device_id = _claim(connector.pk, identity, fields, now)
+        if device_id is None:
+            existing = (
+                Device.objects.filter(connector_id=connector.pk, identity=identity)
+                .values("locked", "state")
+                .first()
+            )
+            if existing is None:
+                if not connector.presenter_identity:
                     return _fail(
-                        connector,
-                        identity,
-                        ip,
-                        409,
-                        "activation window expired",
-                        count=True,
-                        event_type=EventType.EXPIRED,
+                        connector, identity, ip, 404, "identity is not whitelisted", count=True
                     )
+                try:
+                    with transaction.atomic():
+                        device_id = Device.objects.create(
+                            connector=connector, identity=identity, **fields
+                        ).pk
+                except IntegrityError:  # registered by a concurrent request
+                    return _fail(
+                        connector, identity, ip, 409, "identity already provisioned", count=True
+                    )
+            elif existing["locked"]:
+                return _fail(connector, identity, ip, 403, "device is locked")
+            elif existing["state"] == Status.WHITELISTED:
+                return _fail(
+                    connector,
+                    identity,
+                    ip,
+                    409,
+                    "activation window expired",
+                    count=True,
+                    event_type=EventType.EXPIRED,
+                )
+            else:
                 return _fail(
                     connector, identity, ip, 409, "identity already provisioned", count=True
                 )
-        DeviceActivity.objects.update_or_create(
-            device=device, defaults={"last_ip": ip, "last_seen": now}
+        insert_rows(
+            DeviceActivity,
+            ["device_id", "last_ip", "last_seen"],
+            [(device_id, ip, now)],
+            conflict=["device_id"],
+            update=["last_ip", "last_seen"],
         )
         events.record(
             connector,
@@ -166,10 +170,31 @@ def activate_device(
     return Outcome(200, credential)
 
 
-def touch(device: Device, ip: str, now: int) -> None:
+def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | None:
+    """The one-time step as one conditional UPDATE: of concurrent activations of an identity,
+    only one can still find it whitelisted (in its window) or flagged for reprovision."""
+    qn = connection.ops.quote_name
+    table = qn(Device._meta.db_table)
+    sets = ", ".join(f"{qn(name)} = %s" for name in fields)
+    values = [
+        connection.ops.adapt_datetimefield_value(v) if name == "provisioned_at" else v
+        for name, v in fields.items()
+    ]
+    sql = (
+        f"UPDATE {table} SET {sets} WHERE connector_id = %s AND identity = %s"  # noqa: S608
+        " AND locked = %s AND (state = %s OR (state = %s AND (expire IS NULL OR expire >= %s)))"
+        " RETURNING id"
+    )
+    params = [*values, connector_id, identity, False, Status.REPROVISION, Status.WHITELISTED, now]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def touch(device: DeviceContext, ip: str, now: int) -> None:
     """Record last IP / last seen in the narrow activity row, at most once a minute."""
-    activity = getattr(device, "activity", None)
-    if activity and activity.last_ip == ip and now - (activity.last_seen or 0) < ACTIVITY_EVERY_US:
+    if device.last_ip == ip and now - (device.last_seen or 0) < ACTIVITY_EVERY_US:
         return
     insert_rows(
         DeviceActivity,
@@ -184,7 +209,7 @@ def _short(value: str) -> str:
     return value if len(value) <= EVENT_VALUE_CHARS else value[:EVENT_VALUE_CHARS] + "…"
 
 
-def write_values(device: Device, pairs: list[tuple[str, str]], ip: str) -> None:
+def write_values(device: DeviceContext, pairs: list[tuple[str, str]], ip: str) -> None:
     """Store a device write (one timestamp for all aliases), then log it.
 
     Deliberately no explicit transaction: BEGIN and COMMIT would be two more round trips on
@@ -210,7 +235,7 @@ def write_values(device: Device, pairs: list[tuple[str, str]], ip: str) -> None:
     touch(device, ip, now)
 
 
-def read_values(device: Device, aliases: list[str], ip: str) -> list[tuple[str, str]]:
+def read_values(device: DeviceContext, aliases: list[str], ip: str) -> list[tuple[str, str]]:
     """Current values of the aliases that have one, in the order asked."""
     rows = dict(
         AliasValue.objects.filter(device_id=device.pk, alias__in=aliases).values_list(
@@ -230,7 +255,9 @@ def read_values(device: Device, aliases: list[str], ip: str) -> list[tuple[str, 
     return found
 
 
-def record_values(device: Device, points: dict[str, list[tuple[int, str]]], ip: str) -> Outcome:
+def record_values(
+    device: DeviceContext, points: dict[str, list[tuple[int, str]]], ip: str
+) -> Outcome:
     """Historical points; any collision with stored points refuses the whole request (409)."""
     try:
         with transaction.atomic():
@@ -258,7 +285,9 @@ def record_values(device: Device, points: dict[str, list[tuple[int, str]]], ip: 
     return Outcome(204)
 
 
-def _record_conflicts(device: Device, points: dict[str, list[tuple[int, str]]]) -> Outcome | None:
+def _record_conflicts(
+    device: DeviceContext, points: dict[str, list[tuple[int, str]]]
+) -> Outcome | None:
     wanted = Q()
     for alias, items in points.items():
         wanted |= Q(alias=alias, timestamp__in=[ts * 1_000_000 for ts, _ in items])

@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Benchmark the HTTP Device API against a no-op Django view, in one run, with wrk.
+
+    .venv/bin/python scripts/bench_device_api.py [--seconds 10] [--connections 32]
+
+For SQLite and PostgreSQL in turn: a fresh database, the documented production server
+(gunicorn with deploy/gunicorn.conf.py), then wrk measures
+  baseline  GET /healthz on the management host (a no-op Django view, full middleware stack)
+  write     POST /onep:v1/stack/alias, token auth, one alias (SPEC §3)
+  activate  POST /provision/activate, a fresh whitelisted identity per request
+and prints requests/s and each ratio to the baseline measured in the same run. wrk comes from
+Debian (`apt install wrk`). Nothing here is asserted: it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+IDENTITIES_PER_THREAD = 40_000
+WRK_THREADS = 2
+
+ACTIVATE_LUA = textwrap.dedent(
+    """
+    local threads = {}
+    function setup(thread)
+      thread:set("tid", #threads)
+      table.insert(threads, thread)
+    end
+    function init(args)
+      counter = 0
+    end
+    function request()
+      counter = counter + 1
+      local body = "id=bench-" .. tid .. "-" .. counter
+      return wrk.format("POST", "/provision/activate", {
+        ["Host"] = host_header,
+        ["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8",
+      }, body)
+    end
+    """
+)
+
+
+def prepare(env: dict) -> dict:
+    """Migrate, create a connector, a provisioned device and identities to activate."""
+    code = textwrap.dedent(
+        f"""
+        import io, json, django
+        django.setup()
+        from django.core.management import call_command
+        call_command("migrate", verbosity=0)
+        from connector.models import User
+        from connector.services import create_connector
+        from devices.importer import import_identities
+        from devices.services import whitelist_device
+        from provisioning.services import activate_device
+        user = User.objects.create_user("bench@example.com", "bench password 1234")
+        connector = create_connector(user, "bench")
+        whitelist_device(connector, "writer")
+        token = activate_device(connector, "writer", None, "127.0.0.1", secure=True).body
+        per_thread = range(1, {IDENTITIES_PER_THREAD} + 1)
+        rows = "ID\\n" + "".join(
+            f"bench-{{t}}-{{n}}\\n" for t in range({WRK_THREADS}) for n in per_thread)
+        report = import_identities(connector, io.BytesIO(rows.encode()))
+        assert report.ok, report.errors[:3]
+        print(json.dumps({{"connector": connector.id, "token": token}}))
+        """
+    )
+    out = subprocess.run([PY, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wrk(
+    url: str,
+    seconds: int,
+    connections: int,
+    headers: list[str],
+    script: str | None,
+    lua_vars: str = "",
+) -> dict:
+    args = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds}s", "--latency"]
+    for header in headers:
+        args += ["-H", header]
+    tmp = None
+    if script:
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        tmp.write(lua_vars + script)
+        tmp.close()
+        args += ["-s", tmp.name]
+    out = subprocess.run([*args, url], capture_output=True, text=True).stdout
+    if tmp:
+        os.unlink(tmp.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p99 = re.search(r"99%\s+([\d.]+\w+)", out)
+    return {
+        "rps": rps,
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "p99": p99.group(1) if p99 else "?",
+    }
+
+
+def post_lua(path: str, body: str, headers: dict[str, str]) -> str:
+    lines = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
+    return (
+        f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = "{body}"\n'
+        f"wrk.headers = {{{lines}}}\n"
+    )
+
+
+def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DATA_DIR": data_dir,
+        "DEVICE_API_INSECURE": "true",
+        "DJANGO_SETTINGS_MODULE": "iotconnector.settings",
+        "DEVICE_AUTH_FAILURE_LIMIT": "1000000",
+    }
+    info = prepare(env)
+    host = f"{info['connector']}.localhost"
+    port = args.port
+    server = subprocess.Popen(
+        [
+            str(Path(PY).parent / "gunicorn"),
+            "iotconnector.wsgi",
+            "-c",
+            "deploy/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.2)
+        base = f"http://127.0.0.1:{port}"
+        form = "application/x-www-form-urlencoded; charset=utf-8"
+        results = {}
+        wrk(base + "/healthz", 2, args.connections, [], None)  # warm-up
+        results["baseline"] = wrk(base + "/healthz", args.seconds, args.connections, [], None)
+        write = post_lua(
+            "/onep:v1/stack/alias",
+            "temp=21.5",
+            {"Host": host, "Content-Type": form, "X-Exosite-CIK": info["token"]},
+        )
+        wrk(base, 2, args.connections, [], write)
+        results["write"] = wrk(base, args.seconds, args.connections, [], write)
+        results["activate"] = wrk(
+            base,
+            args.seconds,
+            args.connections,
+            [],
+            ACTIVATE_LUA,
+            lua_vars=f'host_header = "{host}"\n',
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+    baseline = results["baseline"]["rps"]
+    print(f"{name}:")
+    for key, result in results.items():
+        ratio = result["rps"] / baseline
+        note = f", {result['non2xx']} non-2xx" if result["non2xx"] else ""
+        print(
+            f"  {key:9s} {result['rps']:9.0f} req/s  {ratio:6.1%} of baseline  "
+            f"p99 {result['p99']}{note}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt install wrk")
+    workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count() * 2} (2 x cores)"
+    print(
+        f"gunicorn deploy/gunicorn.conf.py: gthread, {workers} workers; "
+        f"wrk {WRK_THREADS} threads, {args.connections} connections, {args.seconds} s each"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "sqlite"):
+            run_backend("sqlite", f"sqlite:///{tmp}/bench.sqlite3", tmp, args)
+        if args.only in (None, "postgresql"):
+            scratch = args.postgres.rsplit("/", 1)[0] + "/bench_device_api"
+            subprocess.run(
+                ["psql", args.postgres, "-qc", "DROP DATABASE IF EXISTS bench_device_api"],
+                capture_output=True,
+            )
+            if subprocess.run(
+                ["psql", args.postgres, "-qc", "CREATE DATABASE bench_device_api"],
+                capture_output=True,
+            ).returncode:
+                print("postgresql: not reachable, skipped")
+                return
+            try:
+                run_backend("postgresql", scratch, tmp, args)
+            finally:
+                subprocess.run(
+                    ["psql", args.postgres, "-qc", "DROP DATABASE IF EXISTS bench_device_api"],
+                    capture_output=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
