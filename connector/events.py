@@ -34,6 +34,32 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def row(
+    connector: Connector | str,
+    type: EventType | str,
+    summary: str,
+    *,
+    identity: str = "",
+    source_ip: str | None = None,
+    actor=None,
+    payload: dict[str, Any] | None = None,
+) -> tuple:
+    """The event as a row of COLUMNS, for callers that insert it together with other rows."""
+    connector_id = connector if isinstance(connector, str) else connector.pk
+    user = actor if actor is not None and actor.is_authenticated else None
+    return (
+        connector_id,
+        now_us(),
+        str(type),
+        _clean(identity[:128]),
+        source_ip or None,
+        user.pk if user else None,
+        user.email if user else "",
+        _clean(summary[:300]),
+        json.dumps(_clean(payload) if payload else {}, cls=DjangoJSONEncoder),
+    )
+
+
 def record(
     connector: Connector | str,
     type: EventType | str,
@@ -48,17 +74,13 @@ def record(
 
     Callers pass no secrets: payloads hold names, values and reasons.
     """
-    connector_id = connector if isinstance(connector, str) else connector.pk
-    user = actor if actor is not None and actor.is_authenticated else None
-    row = (
-        connector_id,
-        now_us(),
-        str(type),
-        _clean(identity[:128]),
-        source_ip or None,
-        user.pk if user else None,
-        user.email if user else "",
-        _clean(summary[:300]),
-        json.dumps(_clean(payload) if payload else {}, cls=DjangoJSONEncoder),
+    event = row(
+        connector,
+        type,
+        summary,
+        identity=identity,
+        source_ip=source_ip,
+        actor=actor,
+        payload=payload,
     )
-    insert_rows(Event, COLUMNS, [row])
+    insert_rows(Event, COLUMNS, [event])

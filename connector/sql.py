@@ -13,6 +13,33 @@ from collections.abc import Sequence
 from django.db import connection
 
 
+def insert_sql(
+    model,
+    columns: Sequence[str],
+    nrows: int,
+    *,
+    conflict: Sequence[str] = (),
+    update: Sequence[str] = (),
+    returning: Sequence[str] = (),
+) -> str:
+    qn = connection.ops.quote_name
+    table = qn(model._meta.db_table)
+    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "  # noqa: S608
+        f"VALUES {', '.join([row_sql] * nrows)}"
+    )
+    if conflict:
+        sql += f" ON CONFLICT ({', '.join(qn(c) for c in conflict)}) "
+        if update:
+            sql += "DO UPDATE SET " + ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in update)
+        else:
+            sql += "DO NOTHING"
+    if returning:
+        sql += " RETURNING " + ", ".join(qn(c) for c in returning)
+    return sql
+
+
 def insert_rows(
     model,
     columns: Sequence[str],
@@ -24,21 +51,9 @@ def insert_rows(
 ) -> list[tuple]:
     if not rows:
         return []
-    qn = connection.ops.quote_name
-    table = qn(model._meta.db_table)
-    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    sql = (
-        f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "  # noqa: S608
-        f"VALUES {', '.join([row_sql] * len(rows))}"
+    sql = insert_sql(
+        model, columns, len(rows), conflict=conflict, update=update, returning=returning
     )
-    if conflict:
-        sql += f" ON CONFLICT ({', '.join(qn(c) for c in conflict)}) "
-        if update:
-            sql += "DO UPDATE SET " + ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in update)
-        else:
-            sql += "DO NOTHING"
-    if returning:
-        sql += " RETURNING " + ", ".join(qn(c) for c in returning)
     with connection.cursor() as cursor:
         cursor.execute(sql, [value for row in rows for value in row])
         return cursor.fetchall() if returning else []
