@@ -57,3 +57,16 @@ def insert_rows(
     with connection.cursor() as cursor:
         cursor.execute(sql, [value for row in rows for value in row])
         return cursor.fetchall() if returning else []
+
+
+def typed_placeholders(model, columns: Sequence[str]) -> str:
+    """`%s::<type>` per column, for parameters in a SELECT list (PostgreSQL cannot infer
+    their types from an INSERT … SELECT target)."""
+    fields = {f.column: f for f in model._meta.concrete_fields}
+
+    def db_type(field) -> str:
+        if field.is_relation:
+            return field.target_field.rel_db_type(connection)
+        return field.db_type(connection)
+
+    return ", ".join(f"%s::{db_type(fields[c])}" for c in columns)

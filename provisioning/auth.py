@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass
 
@@ -91,6 +92,42 @@ class DeviceContext:
     last_seen: int | None
     recent_failures: int | None
     secret_hash: str = ""
+
+
+CONNECTOR_FIELDS = (
+    "id",
+    "devmode",
+    "auth_type",
+    "provisioning_enabled",
+    "presenter_identity",
+    "ip_whitelisting_enabled",
+    "ip_allowed",
+    "id_prefix",
+    "id_type",
+    "id_length",
+    "id_casing",
+)
+
+
+def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
+    """The connector's device-facing settings and this address's failure count: one query."""
+    qn = connection.ops.quote_name
+    table = qn(Connector._meta.db_table)
+    failure = qn(AuthFailure._meta.db_table)
+    sql = (
+        f"SELECT {', '.join('c.' + qn(f) for f in CONNECTOR_FIELDS)}, "  # noqa: S608
+        f"(SELECT f.count FROM {failure} f WHERE f.connector_id = c.id AND f.ip = %s"
+        f" AND f.window_start = %s) FROM {table} c WHERE c.id = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ip, ratelimit.current_window(), connector_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None, 0
+    values = dict(zip(CONNECTOR_FIELDS, row[:-1], strict=True))
+    if isinstance(values["ip_allowed"], str):
+        values["ip_allowed"] = json.loads(values["ip_allowed"])
+    return Connector(**values), row[-1] or 0
 
 
 def _lookup_sql(where: str) -> str:

@@ -13,7 +13,7 @@ from django.utils import timezone
 from connector import events, keys
 from connector.identity import identity_error
 from connector.models import AuthType, Connector, Event, EventType, now_us
-from connector.sql import insert_rows, insert_sql
+from connector.sql import insert_rows, insert_sql, typed_placeholders
 from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
 from provisioning import ratelimit
 from provisioning.auth import DeviceContext
@@ -112,6 +112,18 @@ def activate_device(
         "secret_hash": keys.keyed_hash(credential),
         "provisioned_at": now_dt,
     }
+    event = events.row(
+        connector,
+        EventType.PROVISIONED,
+        f"Provisioned {identity} ({auth_type})",
+        identity=identity,
+        source_ip=ip,
+        payload={"auth_type": auth_type, "secure": secure},
+    )
+    if connection.vendor == "postgresql" and _claim_logged(
+        connector.pk, identity, fields, now, ip, event
+    ):
+        return _provisioned(auth_type, credential)
     with transaction.atomic():
         device_id = _claim(connector.pk, identity, fields, now)
         if device_id is None:
@@ -157,20 +169,17 @@ def activate_device(
             conflict=["device_id"],
             update=["last_ip", "last_seen"],
         )
-        events.record(
-            connector,
-            EventType.PROVISIONED,
-            f"Provisioned {identity} ({auth_type})",
-            identity=identity,
-            source_ip=ip,
-            payload={"auth_type": auth_type, "secure": secure},
-        )
+        insert_rows(Event, events.COLUMNS, [event])
+    return _provisioned(auth_type, credential)
+
+
+def _provisioned(auth_type: str, credential: str) -> Outcome:
     if auth_type == DeviceAuthType.PASSWORD:
-        return Outcome(204)
+        return Outcome(204)  # the password the device sent is its credential
     return Outcome(200, credential)
 
 
-def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | None:
+def _claim_sql(connector_id: str, identity: str, fields: dict, now: int) -> tuple[str, list]:
     """The one-time step as one conditional UPDATE: of concurrent activations of an identity,
     only one can still find it whitelisted (in its window) or flagged for reprovision."""
     qn = connection.ops.quote_name
@@ -186,8 +195,36 @@ def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | No
         " RETURNING id"
     )
     params = [*values, connector_id, identity, False, Status.REPROVISION, Status.WHITELISTED, now]
+    return sql, params
+
+
+def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | None:
+    sql, params = _claim_sql(connector_id, identity, fields, now)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def _claim_logged(connector_id, identity, fields, now, ip, event) -> int | None:
+    """PostgreSQL: claim, last-seen row and event in one statement (one implicit
+    transaction, one round trip). None when the identity could not be claimed."""
+    qn = connection.ops.quote_name
+    claim, params = _claim_sql(connector_id, identity, fields, now)
+    activity = qn(DeviceActivity._meta.db_table)
+    # Only table/column names from the models and placeholders: values are parameters.
+    sql = (
+        f"WITH claimed AS ({claim}), "  # noqa: S608
+        f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen) "
+        f"SELECT id, %s::inet, %s::bigint FROM claimed ON CONFLICT (device_id) DO UPDATE SET "
+        f"last_ip = excluded.last_ip, last_seen = excluded.last_seen), "
+        f"logged AS (INSERT INTO {qn(Event._meta.db_table)} "
+        f"({', '.join(qn(c) for c in events.COLUMNS)}) "
+        f"SELECT {typed_placeholders(Event, events.COLUMNS)} FROM claimed) "
+        f"SELECT id FROM claimed"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, ip, now, *event])
         row = cursor.fetchone()
     return row[0] if row else None
 

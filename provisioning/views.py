@@ -12,7 +12,14 @@ from django.http import HttpRequest, HttpResponse
 
 from connector.models import Connector
 from provisioning import ratelimit, services, wire
-from provisioning.auth import authenticate, client_ip, text, too_many, transport_ok
+from provisioning.auth import (
+    authenticate,
+    client_ip,
+    load_connector,
+    text,
+    too_many,
+    transport_ok,
+)
 
 
 def _body(request: HttpRequest) -> bytes:
@@ -50,13 +57,13 @@ def timestamp(request: HttpRequest, connector_id: str) -> HttpResponse:
 def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
     if request.method != "POST":
         return text(405)
-    connector = Connector.objects.filter(pk=connector_id).first()
+    ip = client_ip(request)
+    connector, failures = load_connector(connector_id, ip)
     if connector is None:
         return text(404)
     if not transport_ok(request, connector):
         return text(403, "plain HTTP is refused: use HTTPS")
-    ip = client_ip(request)
-    if ratelimit.is_limited(ratelimit.current_failures(connector.pk, ip)):
+    if ratelimit.is_limited(failures):
         return too_many()
     try:
         fields = dict(wire.parse_pairs(_form_body(request, "id is required")))

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_device_api.py [--seconds 10] [--connections 32]
 
 For SQLite and PostgreSQL in turn: a fresh database, the documented production server
-(gunicorn with deploy/gunicorn.conf.py), then wrk measures
+(gunicorn with deploy/gunicorn.conf.py), then wrk measures, in interleaved rounds (medians)
   baseline  GET /healthz on the management host (a no-op Django view, full middleware stack)
   write     POST /onep:v1/stack/alias, token auth, one alias (SPEC §3)
   activate  POST /provision/activate, a fresh whitelisted identity per request
@@ -115,6 +115,16 @@ def wrk(
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    middle = ordered[len(ordered) // 2]
+    return {
+        **middle,
+        "all": [round(r["rps"]) for r in runs],
+        "non2xx": sum(r["non2xx"] for r in runs),
+    }
+
+
 def post_lua(path: str, body: str, headers: dict[str, str]) -> str:
     lines = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
     return (
@@ -158,24 +168,24 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
                 time.sleep(0.2)
         base = f"http://127.0.0.1:{port}"
         form = "application/x-www-form-urlencoded; charset=utf-8"
-        results = {}
-        wrk(base + "/healthz", 2, args.connections, [], None)  # warm-up
-        results["baseline"] = wrk(base + "/healthz", args.seconds, args.connections, [], None)
         write = post_lua(
             "/onep:v1/stack/alias",
             "temp=21.5",
             {"Host": host, "Content-Type": form, "X-Exosite-CIK": info["token"]},
         )
-        wrk(base, 2, args.connections, [], write)
-        results["write"] = wrk(base, args.seconds, args.connections, [], write)
-        results["activate"] = wrk(
-            base,
-            args.seconds,
-            args.connections,
-            [],
-            ACTIVATE_LUA,
-            lua_vars=f'host_header = "{host}"\n',
-        )
+        scenarios = {
+            "baseline": (base + "/healthz", None, ""),
+            "write": (base, write, ""),
+            "activate": (base, ACTIVATE_LUA, f'host_header = "{host}"\n'),
+        }
+        for url, script, lua_vars in scenarios.values():  # warm-up
+            wrk(url, 1, args.connections, [], script, lua_vars)
+        runs: dict[str, list[dict]] = {name: [] for name in scenarios}
+        # Interleaved rounds, medians reported: a noisy neighbour then skews all alike.
+        for _round in range(args.rounds):
+            for name, (url, script, lua_vars) in scenarios.items():
+                runs[name].append(wrk(url, args.seconds, args.connections, [], script, lua_vars))
+        results = {name: median_run(found) for name, found in runs.items()}
     finally:
         server.terminate()
         server.wait(30)
@@ -186,13 +196,14 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
         note = f", {result['non2xx']} non-2xx" if result["non2xx"] else ""
         print(
             f"  {key:9s} {result['rps']:9.0f} req/s  {ratio:6.1%} of baseline  "
-            f"p99 {result['p99']}{note}"
+            f"p99 {result['p99']}  (runs: {result['all']}){note}"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
@@ -206,7 +217,8 @@ def main() -> None:
     workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count() * 2} (2 x cores)"
     print(
         f"gunicorn deploy/gunicorn.conf.py: gthread, {workers} workers; "
-        f"wrk {WRK_THREADS} threads, {args.connections} connections, {args.seconds} s each"
+        f"wrk {WRK_THREADS} threads, {args.connections} connections, "
+        f"{args.rounds} interleaved rounds of {args.seconds} s"
     )
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "sqlite"):
