@@ -9,6 +9,7 @@ SQL text, values are always parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 from django.db import connection
 
@@ -22,6 +23,20 @@ def insert_sql(
     update: Sequence[str] = (),
     returning: Sequence[str] = (),
 ) -> str:
+    """The statement text; built once per shape (the device API repeats a handful)."""
+    return _insert_sql(
+        model,
+        connection.vendor,
+        tuple(columns),
+        nrows,
+        tuple(conflict),
+        tuple(update),
+        tuple(returning),
+    )
+
+
+@lru_cache(maxsize=256)
+def _insert_sql(model, vendor, columns, nrows, conflict, update, returning) -> str:
     qn = connection.ops.quote_name
     table = qn(model._meta.db_table)
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"

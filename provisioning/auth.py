@@ -11,6 +11,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
 from django.db import connection
@@ -130,6 +131,7 @@ def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
     return Connector(**values), row[-1] or 0
 
 
+@lru_cache(maxsize=64)
 def _lookup_sql(where: str) -> str:
     """Device + connector + activity + failures in the current window, in one statement.
 
