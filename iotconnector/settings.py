@@ -167,12 +167,6 @@ DATABASES["default"]["CONN_MAX_AGE"] = int(env.str("CONN_MAX_AGE", default="") o
 # No health check: it costs an extra round trip (SELECT 1) on every device request. A connection
 # broken by a database restart fails one request, is then closed and replaced.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Server-side parameters let psycopg prepare the device API's few statements once per
-    # connection instead of PostgreSQL parsing and planning them on every request.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"server_side_binding": True, "prepare_threshold": 2}
-    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {

@@ -166,7 +166,8 @@ def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | N
             return None  # wrong length or alphabet: no query can match
         hashes = keys.candidate_hashes(creds.token)
         found = _fetch(
-            f"d.secret_hash IN ({', '.join(['%s'] * len(hashes))})",
+            # The index's own condition, word for word, lets SQLite use that partial index.
+            f"NOT (d.secret_hash = '') AND d.secret_hash IN ({', '.join(['%s'] * len(hashes))})",
             [ip, window, connector_id, DeviceAuthType.TOKEN, *hashes],
         )
         return found[0] if found else None

@@ -431,3 +431,18 @@ def test_nul_characters_are_refused_not_500(dev, token):
         == 400
     )
     assert not AliasValue.objects.exists()
+
+
+def test_token_lookup_uses_the_secret_index(dev, token):
+    """Regression: without it SQLite walked every device of the connector on each request."""
+    from django.db import connection
+
+    from provisioning.auth import _lookup_sql
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's planner is the one that chose the wrong index")
+    sql = _lookup_sql("NOT (d.secret_hash = '') AND d.secret_hash IN (%s)")
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, ["1.1.1.1", 0, "c", "token", "1$x"])
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "device_secret" in plan
