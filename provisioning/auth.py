@@ -146,7 +146,7 @@ def _lookup_sql(where: str) -> str:
         f"SELECT d.id, d.identity, d.connector_id, d.state, d.locked, c.devmode, "  # noqa: S608
         f"a.last_ip, a.last_seen, "
         f"(SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
-        f" AND f.ip = %s AND f.window_start = %s), d.secret_hash "
+        f" AND f.ip = %s AND f.window_start = %s) AS failures, d.secret_hash "
         f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
         f"LEFT JOIN {activity} a ON a.device_id = d.id "
         f"WHERE d.connector_id = %s AND d.auth_type = %s AND {where}"
@@ -166,8 +166,7 @@ def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | N
             return None  # wrong length or alphabet: no query can match
         hashes = keys.candidate_hashes(creds.token)
         found = _fetch(
-            # The index's own condition, word for word, lets SQLite use that partial index.
-            f"NOT (d.secret_hash = '') AND d.secret_hash IN ({', '.join(['%s'] * len(hashes))})",
+            token_where(len(hashes)),
             [ip, window, connector_id, DeviceAuthType.TOKEN, *hashes],
         )
         return found[0] if found else None
@@ -195,14 +194,24 @@ def authenticate(request: HttpRequest, connector_id: str) -> DeviceContext | Htt
     device = None
     if creds.token is not None or creds.basic is not None:
         device = _lookup(connector_id, ip, creds)
-    if device is not None:
-        if not (request.is_secure() or device.devmode_connector or settings.DEVICE_API_INSECURE):
-            return text(403, "plain HTTP is refused: use HTTPS")
-        if ratelimit.is_limited(device.recent_failures):
-            return too_many()
-        if device.locked:
-            return text(403, "")
-        return device
+    if device is None:
+        return refuse(request, connector_id, creds)
+    return refusal_for(request, device) or device
+
+
+def refusal_for(request: HttpRequest, device: DeviceContext) -> HttpResponse | None:
+    if not (request.is_secure() or device.devmode_connector or settings.DEVICE_API_INSECURE):
+        return text(403, "plain HTTP is refused: use HTTPS")
+    if ratelimit.is_limited(device.recent_failures):
+        return too_many()
+    if device.locked:
+        return text(403, "")
+    return None
+
+
+def refuse(request: HttpRequest, connector_id: str, creds: Credentials) -> HttpResponse:
+    """No device matched: 404 for an unknown host, else count the failure and answer 401."""
+    ip = client_ip(request)
     connector = Connector.objects.filter(pk=connector_id).first()
     if connector is None:
         return text(404)
@@ -224,3 +233,64 @@ def authenticate(request: HttpRequest, connector_id: str) -> DeviceContext | Htt
         payload={"reason": reason},
     )
     return text(401, "")
+
+
+def token_where(count: int) -> str:
+    # The index's own condition, word for word, lets SQLite use that partial index.
+    return f"NOT (d.secret_hash = '') AND d.secret_hash IN ({', '.join(['%s'] * count)})"
+
+
+def write_with_token(
+    request: HttpRequest, connector_id: str, token: str, rows: list[tuple], event: tuple
+) -> DeviceContext | None:
+    """PostgreSQL: find the device by token, check it and store a write with its event, all in
+    one statement. Returns the device when it matched (written only if `allowed`), else None.
+
+    The device API's most frequent request thus costs one round trip; every refusal is
+    answered by the ordinary two-step path, which finds the same device (or none) again.
+    """
+    if not TOKEN_RE.fullmatch(token):
+        return None
+    from connector.models import Event
+    from devices.models import AliasValue
+
+    qn = connection.ops.quote_name
+    ip = client_ip(request)
+    hashes = keys.candidate_hashes(token)
+    rows_sql = ", ".join(["(%s::varchar, %s::text, %s::bigint)"] * len(rows))
+    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
+    sql = (
+        f"WITH dev AS ({_lookup_sql(token_where(len(hashes)))} LIMIT 1), "  # noqa: S608
+        "ok AS (SELECT * FROM dev WHERE NOT dev.locked AND (dev.devmode OR %s)"
+        " AND COALESCE(dev.failures, 0) < %s), "
+        f"stored AS (INSERT INTO {qn(AliasValue._meta.db_table)}"
+        " (device_id, alias, reported, timestamp) SELECT ok.id, v.alias, v.reported, v.ts"
+        f" FROM ok CROSS JOIN (VALUES {rows_sql}) AS v (alias, reported, ts)"
+        " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
+        " timestamp = excluded.timestamp), "
+        f"logged AS (INSERT INTO {qn(Event._meta.db_table)} ({event_columns})"
+        " SELECT ok.connector_id, %s::bigint, %s, ok.identity, %s::inet, NULL, '', %s,"
+        " %s::jsonb FROM ok) "
+        "SELECT * FROM dev"
+    )
+    secure = request.is_secure() or settings.DEVICE_API_INSECURE
+    _connector, when, kind, _identity, _ip, _actor, _email, summary, payload = event
+    params = [
+        ip,
+        ratelimit.current_window(),
+        connector_id,
+        DeviceAuthType.TOKEN,
+        *hashes,
+        secure,
+        settings.DEVICE_AUTH_FAILURE_LIMIT,
+        *(value for row in rows for value in row),
+        when,
+        kind,
+        ip,
+        summary,
+        payload,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return DeviceContext(*row) if row else None

@@ -15,7 +15,7 @@ from connector.identity import identity_error
 from connector.models import AuthType, Connector, Event, EventType, now_us
 from connector.sql import insert_rows, insert_sql, typed_placeholders
 from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
-from provisioning import ratelimit
+from provisioning import auth, ratelimit
 from provisioning.auth import DeviceContext
 from provisioning.wire import encode_pairs
 
@@ -249,6 +249,33 @@ def _short(value: str) -> str:
 VALUE_COLUMNS = ["device_id", "alias", "reported", "timestamp"]
 
 
+def write_event(connector_id: str, identity: str, pairs: list[tuple[str, str]], ip: str):
+    return events.row(
+        connector_id,
+        EventType.DATA_IN,
+        "Write " + ", ".join(f"{a}={_short(v)}" for a, v in pairs)[:250],
+        identity=identity,
+        source_ip=ip,
+        payload={"values": {a: _short(v) for a, v in pairs}},
+    )
+
+
+def write_with_token(request, connector_id: str, token: str, pairs, ip: str):
+    """PostgreSQL fast path (see provisioning.auth.write_with_token): authenticate and write
+    in one statement. Returns the matched device or None."""
+    now = now_us()
+    device = auth.write_with_token(
+        request,
+        connector_id,
+        token,
+        [(a, v, now) for a, v in pairs],
+        write_event(connector_id, "", pairs, ip),
+    )
+    if device is not None and auth.refusal_for(request, device) is None:
+        touch(device, ip, now)
+    return device
+
+
 def write_values(device: DeviceContext, pairs: list[tuple[str, str]], ip: str) -> None:
     """Store a device write (one timestamp for all aliases) and its event.
 
@@ -259,14 +286,7 @@ def write_values(device: DeviceContext, pairs: list[tuple[str, str]], ip: str) -
     """
     now = now_us()
     values = [(device.pk, a, v, now) for a, v in pairs]
-    event = events.row(
-        device.connector_id,
-        EventType.DATA_IN,
-        "Write " + ", ".join(f"{a}={_short(v)}" for a, v in pairs)[:250],
-        identity=device.identity,
-        source_ip=ip,
-        payload={"values": {a: _short(v) for a, v in pairs}},
-    )
+    event = write_event(device.connector_id, device.identity, pairs, ip)
     upsert = {"conflict": ["device_id", "alias"], "update": ["reported", "timestamp"]}
     if connection.vendor == "postgresql":
         # One statement, so one transaction, one round trip: values and their event.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from connector.models import Connector
@@ -16,6 +17,8 @@ from provisioning.auth import (
     authenticate,
     client_ip,
     load_connector,
+    read_credentials,
+    refusal_for,
     text,
     too_many,
     transport_ok,
@@ -23,7 +26,9 @@ from provisioning.auth import (
 
 
 def _body(request: HttpRequest) -> bytes:
-    """The request body, refusing more than 1 MiB before reading it."""
+    """The request body (read once, then kept), refusing more than 1 MiB before reading it."""
+    if (cached := getattr(request, "_device_body", None)) is not None:
+        return cached
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -33,6 +38,7 @@ def _body(request: HttpRequest) -> bytes:
     body = request.read(wire.MAX_BODY + 1)
     if len(body) > wire.MAX_BODY:
         raise wire.WireError(413, "the body is larger than 1 MiB")
+    request._device_body = body
     return body
 
 
@@ -82,6 +88,9 @@ def alias(request: HttpRequest, connector_id: str) -> HttpResponse:
     """Read (GET), write (POST) and hybrid write-then-read (POST with a query string)."""
     if request.method not in ("GET", "POST"):
         return text(405)
+    if request.method == "POST" and connection.vendor == "postgresql":
+        if (answer := _write_in_one_statement(request, connector_id)) is not None:
+            return answer
     device = authenticate(request, connector_id)
     if isinstance(device, HttpResponse):
         return device
@@ -108,6 +117,22 @@ def alias(request: HttpRequest, connector_id: str) -> HttpResponse:
         status=200,
         content_type="application/x-www-form-urlencoded; charset=utf-8",
     )
+
+
+def _write_in_one_statement(request: HttpRequest, connector_id: str) -> HttpResponse | None:
+    """The common write (token, no read-back, valid body) in one round trip on PostgreSQL.
+    None means: answer through the ordinary path (which also gives every refusal)."""
+    token = read_credentials(request).token
+    if token is None or request.META.get("QUERY_STRING"):
+        return None
+    try:
+        pairs = wire.parse_write(_form_body(request, "nothing to write: send alias=value"))
+    except wire.WireError:
+        return None
+    device = services.write_with_token(request, connector_id, token, pairs, client_ip(request))
+    if device is None:
+        return None
+    return refusal_for(request, device) or text(204)
 
 
 def record(request: HttpRequest, connector_id: str) -> HttpResponse:
