@@ -239,13 +239,21 @@ class EventType(models.TextChoices):
 class Event(models.Model):
     """One line of a connector's log. Append-only; written by the service that acted."""
 
-    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="events")
+    # Indexed by the composite indexes below, which all start with the connector.
+    connector = models.ForeignKey(
+        Connector, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     time = models.BigIntegerField(default=now_us)  # µs since the epoch
     type = models.CharField(max_length=32, choices=EventType)
     identity = models.CharField(max_length=128, blank=True, default="")
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,  # see the partial index: device events have no actor
     )
     actor_email = models.CharField(max_length=254, blank=True, default="")
     summary = models.CharField(max_length=300)
@@ -257,6 +265,10 @@ class Event(models.Model):
             models.Index(fields=["connector", "-id"], name="event_connector_id"),
             models.Index(fields=["connector", "type", "-id"], name="event_connector_type"),
             models.Index(fields=["connector", "identity", "-id"], name="event_connector_identity"),
+            # For SET_NULL when a user is deleted; device events (most rows) stay out of it.
+            models.Index(
+                fields=["actor"], name="event_actor", condition=models.Q(actor__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
