@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import services
+from connector import logs, services
 from connector.forms import ConnectorNameForm
 from connector.models import ApiToken, Connector
 from connector.settings_json import form_errors_to_json, form_from_patch, settings_to_json
@@ -144,3 +144,26 @@ class SettingsView(APIView):
             return Response(errors, status=400)
         services.update_settings(connector, request.user, form.cleaned_data)
         return Response(status=204)
+
+
+class LogsView(APIView):
+    """`/api:1/service/<id>/logs`: the connector's events, newest first, keyset pages."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, connector_id: str) -> Response:
+        connector = user_connector(request, connector_id)
+        flt, errors = logs.LogFilter.from_params(request.query_params)
+        before = request.query_params.get("before", "")
+        raw_limit = request.query_params.get("limit", str(logs.DEFAULT_LIMIT))
+        if before and not before.isdigit():
+            errors["before"] = "Give the id of the oldest event of the previous page."
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= logs.MAX_LIMIT:
+            errors["limit"] = f"Give a number from 1 to {logs.MAX_LIMIT}."
+        if errors:
+            return Response(errors, status=400)
+        events, more = logs.page(
+            logs.filtered(connector, flt),
+            before=int(before) if before else None,
+            limit=int(raw_limit),
+        )
+        return Response({"mayLoadMore": more, "events": [logs.event_json(e) for e in events]})

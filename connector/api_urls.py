@@ -24,5 +24,6 @@ urlpatterns = [
         devices_api.IdentityImportView.as_view(),
         name="api-identity-import",
     ),
+    path("service/<str:connector_id>/logs", api.LogsView.as_view(), name="api-logs"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

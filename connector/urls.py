@@ -21,4 +21,5 @@ urlpatterns = [
     path("c/<str:connector_id>/devices/", include("devices.urls")),
     path("c/<str:connector_id>/resources/", views.connector_resources, name="connector-resources"),
     path("c/<str:connector_id>/logs/", views.connector_logs, name="connector-logs"),
+    path("c/<str:connector_id>/logs/feed/", views.connector_logs_feed, name="connector-logs-feed"),
 ]

@@ -9,9 +9,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from connector import services
+from connector import logs, services
 from connector.forms import ConnectorNameForm, SettingsForm, SignUpForm
-from connector.models import Connector, Event, User
+from connector.models import Connector, EventType, User
 
 
 def user_connector(request: HttpRequest, connector_id: str) -> Connector:
@@ -99,5 +99,42 @@ def connector_resources(request: HttpRequest, connector_id: str) -> HttpResponse
 @login_required
 def connector_logs(request: HttpRequest, connector_id: str) -> HttpResponse:
     connector = user_connector(request, connector_id)
-    events = Event.objects.filter(connector=connector).order_by("-id")[:100]
-    return _tab(request, connector, "logs", "connector/logs.html", events=events)
+    flt, errors = logs.LogFilter.from_params(request.GET)
+    before = request.GET.get("before", "")
+    events, more = [], False
+    if not errors:
+        events, more = logs.page(
+            logs.filtered(connector, flt), before=int(before) if before.isdigit() else None
+        )
+    query = request.GET.copy()
+    query.pop("before", None)
+    return _tab(
+        request,
+        connector,
+        "logs",
+        "connector/logs.html",
+        events=events,
+        flt=flt,
+        filter_errors=errors,
+        event_types=EventType.choices,
+        older=events[-1].id if events and more else None,
+        query=query.urlencode(),
+        live=not before and not errors,
+        last_id=events[0].id if events else 0,
+    )
+
+
+def connector_logs_feed(request: HttpRequest, connector_id: str) -> HttpResponse:
+    """Rows newer than `after`, for the live Logs tab (short polling of a partial)."""
+    if not request.user.is_authenticated:  # a script asks: no redirect to the sign-in page
+        return HttpResponse("signed out", status=403, content_type="text/plain")
+    connector = user_connector(request, connector_id)
+    flt, errors = logs.LogFilter.from_params(request.GET)
+    after = request.GET.get("after", "")
+    if errors or not after.isdigit():
+        return HttpResponse("bad filter", status=400, content_type="text/plain")
+    events = logs.newer(logs.filtered(connector, flt), int(after))
+    response = render(request, "connector/_event_rows.html", {"events": events})
+    response["X-Last-Id"] = str(events[0].id if events else after)
+    response["Cache-Control"] = "no-store"
+    return response

@@ -237,6 +237,10 @@ X_FRAME_OPTIONS = "DENY"
 DEVICE_AUTH_FAILURE_LIMIT = env.int("DEVICE_AUTH_FAILURE_LIMIT", default=30)
 DEVICE_AUTH_FAILURE_WINDOW = env.int("DEVICE_AUTH_FAILURE_WINDOW", default=60)
 
+# Event log retention, applied by `manage.py prune_events` (0 turns a limit off).
+LOG_RETENTION_DAYS = env.int("LOG_RETENTION_DAYS", default=30)
+LOG_MAX_ROWS_PER_CONNECTOR = env.int("LOG_MAX_ROWS_PER_CONNECTOR", default=1_000_000)
+
 # CSV whitelisting: largest file and most devices per import.
 IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=128 * 1024 * 1024)
 IMPORT_MAX_ROWS = env.int("IMPORT_MAX_ROWS", default=200_000)

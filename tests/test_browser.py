@@ -172,3 +172,91 @@ def test_whitelist_one_then_many_from_the_tutorial_csv(page, tmp_path):
     page.goto(f"/c/{connector.id}/devices/d/00000001/")
     events = page.get_by_role("table", name="Events of this device, newest first")
     expect(events).to_contain_text("Whitelisted 00000001")
+
+
+def test_logs_tab_shows_provision_and_write_live(page, live_server):
+    import shutil
+    import subprocess
+    from urllib.parse import urlsplit
+
+    from connector.services import create_connector
+    from devices.services import whitelist_device
+
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    user = User.objects.create_user("logs@example.com", "a long factory passphrase")
+    connector = create_connector(user, "Live logs")
+    connector.devmode = True  # the live test server speaks plain HTTP
+    connector.save()
+    whitelist_device(connector, "00000001")
+    sign_in(page, "logs@example.com")
+    page.goto(f"/c/{connector.id}/logs/")
+    expect(page.locator("#live-status")).to_contain_text("Live")
+    rows = page.locator("#log-rows tr")
+    before = rows.count()
+
+    fqdn = f"http://{connector.id}.localhost:{urlsplit(live_server.url).port}"
+    form = "Content-Type: application/x-www-form-urlencoded; charset=utf-8"
+    token = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            f"{fqdn}/provision/activate",
+            "-H",
+            form,
+            "-d",
+            "id=00000001",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert len(token) == 40
+    subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            f"{fqdn}/onep:v1/stack/alias",
+            "-H",
+            f"X-Exosite-CIK: {token}",
+            "-H",
+            form,
+            "-d",
+            "myalias=50",
+        ],
+        check=True,
+        timeout=30,
+    )
+
+    # Both events arrive without a reload, newest on top.
+    expect(rows).to_have_count(before + 2, timeout=15000)
+    expect(rows.nth(0)).to_contain_text("Write myalias=50")
+    expect(rows.nth(1)).to_contain_text("Provisioned 00000001")
+
+    # Paused, nothing new is added until resumed.
+    page.get_by_role("button", name="Pause").click()
+    subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            f"{fqdn}/onep:v1/stack/alias",
+            "-H",
+            f"X-Exosite-CIK: {token}",
+            "-H",
+            form,
+            "-d",
+            "myalias=51",
+        ],
+        check=True,
+        timeout=30,
+    )
+    page.wait_for_timeout(3000)
+    expect(rows).to_have_count(before + 2)
+    page.get_by_role("button", name="Resume").click()
+    expect(rows.nth(0)).to_contain_text("Write myalias=51", timeout=15000)

@@ -65,3 +65,48 @@ document.addEventListener("change", (event) => {
     }, 200);
   });
 })();
+
+// Logs tab: poll for newer rows every 2 s and put them on top; pausable; keeps at most 500
+// rows so a page left open for hours stays light.
+(() => {
+  const body = document.getElementById("log-rows");
+  if (!body || !body.dataset.feedUrl) return;
+  const toggle = document.getElementById("live-toggle");
+  const status = document.getElementById("live-status");
+  let paused = false;
+  let delay = 2000;
+  toggle.addEventListener("click", () => {
+    paused = !paused;
+    toggle.textContent = paused ? "Resume" : "Pause";
+    toggle.setAttribute("aria-pressed", String(paused));
+    status.textContent = paused ? "Paused" : "Live";
+  });
+  async function poll() {
+    if (!paused) {
+      try {
+        const url = `${body.dataset.feedUrl}&after=${body.dataset.lastId}`;
+        const response = await fetch(url, { headers: { Accept: "text/html" }, cache: "no-store" });
+        if (response.ok) {
+          const html = (await response.text()).trim();
+          body.dataset.lastId = response.headers.get("X-Last-Id") || body.dataset.lastId;
+          if (html) {
+            body.insertAdjacentHTML("afterbegin", html);
+            const empty = document.getElementById("log-empty");
+            if (empty) empty.remove();
+            while (body.rows.length > 500) body.deleteRow(-1);
+          }
+          status.textContent = `Live · ${new Date().toLocaleTimeString()}`;
+          delay = 2000;
+        } else if (response.status === 403) {
+          status.textContent = "Signed out: reload the page";
+          return;
+        }
+      } catch (err) {
+        status.textContent = "Reconnecting…";
+        delay = Math.min(delay * 2, 30000); // back off while the server is unreachable
+      }
+    }
+    setTimeout(poll, delay);
+  }
+  setTimeout(poll, delay);
+})();
