@@ -29,13 +29,6 @@ def current_window() -> int:
     return _window(time.time())
 
 
-def current_failures(connector_id: str, ip: str) -> int:
-    row = AuthFailure.objects.filter(
-        connector_id=connector_id, ip=ip, window_start=_window(time.time())
-    ).values_list("count", flat=True)
-    return next(iter(row), 0)
-
-
 def is_limited(count: int | None) -> bool:
     return (count or 0) >= settings.DEVICE_AUTH_FAILURE_LIMIT
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, connection, transaction
@@ -368,7 +367,3 @@ def _record_conflicts(
         (a, ",".join(str(t) for t in sorted(clashes[a]))) for a in points if a in clashes
     )
     return Outcome(409, body)
-
-
-def unix_now() -> int:
-    return int(time.time())
