@@ -137,7 +137,11 @@ class IdentityView(APIView):
     @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None})
     def patch(self, request: Request, connector_id: str, identity: str) -> Response:
         device = _device(request, connector_id, identity)
-        data, errors = _object(request.data, {"auth": dict, "locked": bool, "tags": list})
+        data, errors = _object(
+            request.data, {"auth": dict, "locked": bool, "tags": list, "reprovision": bool}
+        )
+        if data.get("reprovision") is False:
+            errors["reprovision"] = "Only true can be set: it revokes the credential."
         auth = data.get("auth") or {}
         if isinstance(auth, dict):
             for key in set(auth) - {"expire"}:
@@ -153,7 +157,8 @@ class IdentityView(APIView):
                 actor=request.user,
                 locked=data.get("locked"),
                 tags=data.get("tags"),
-                expire=auth.get("expire"),
+                # The reprovision flag and auth.expire = 0 are Murano's two ways to revoke.
+                expire=0 if data.get("reprovision") else auth.get("expire"),
             )
         except services.InvalidInput as exc:
             return _invalid(exc)

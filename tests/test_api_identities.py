@@ -306,3 +306,16 @@ def test_tutorial_curl_whitelist_one_then_bulk(live_api, tmp_path):
     assert [d.identity for d in devices] == [f"0000000{i}" for i in range(1, 6)]
     assert devices[0].expire == expire
     assert [t.value for t in devices[4].tags.all()] == ["g3", "def"]
+
+
+def test_patch_reprovision_flag_revokes(api, base10):
+    api.put(url(base10, "00000001"), {}, format="json")
+    Device.objects.update(state="provisioned", secret_hash="1$abc")
+    assert (
+        api.patch(url(base10, "00000001"), {"reprovision": True}, format="json").status_code == 204
+    )
+    data = api.get(url(base10, "00000001")).json()
+    assert data["status"] == "reprovision" and data["reprovision"] is True
+    assert (
+        api.patch(url(base10, "00000001"), {"reprovision": False}, format="json").status_code == 400
+    )
