@@ -245,35 +245,17 @@ def write_with_token(
     request: HttpRequest, connector_id: str, token: str, rows: list[tuple], event: tuple
 ) -> DeviceContext | None:
     """PostgreSQL: find the device by token, check it and store a write with its event, all in
-    one statement. Returns the device when it matched (written only if `allowed`), else None.
+    one statement. Returns the device when it matched (written only if `refusal_for` finds
+    nothing to refuse), else None.
 
     The device API's most frequent request thus costs one round trip; every refusal is
     answered by the ordinary two-step path, which finds the same device (or none) again.
     """
     if not TOKEN_RE.fullmatch(token):
         return None
-    from connector.models import Event
-    from devices.models import AliasValue
-
-    qn = connection.ops.quote_name
     ip = client_ip(request)
     hashes = keys.candidate_hashes(token)
-    rows_sql = ", ".join(["(%s::varchar, %s::text, %s::bigint)"] * len(rows))
-    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
-    sql = (
-        f"WITH dev AS ({_lookup_sql(token_where(len(hashes)))} LIMIT 1), "  # noqa: S608
-        "ok AS (SELECT * FROM dev WHERE NOT dev.locked AND (dev.devmode OR %s)"
-        " AND COALESCE(dev.failures, 0) < %s), "
-        f"stored AS (INSERT INTO {qn(AliasValue._meta.db_table)}"
-        " (device_id, alias, reported, timestamp) SELECT ok.id, v.alias, v.reported, v.ts"
-        f" FROM ok CROSS JOIN (VALUES {rows_sql}) AS v (alias, reported, ts)"
-        " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
-        " timestamp = excluded.timestamp), "
-        f"logged AS (INSERT INTO {qn(Event._meta.db_table)} ({event_columns})"
-        " SELECT ok.connector_id, %s::bigint, %s, ok.identity, %s::inet, NULL, '', %s,"
-        " %s::jsonb FROM ok) "
-        "SELECT * FROM dev"
-    )
+    sql = _write_sql(len(hashes), len(rows))
     secure = request.is_secure() or settings.DEVICE_API_INSECURE
     _connector, when, kind, _identity, _ip, _actor, _email, summary, payload = event
     params = [
@@ -292,6 +274,30 @@ def write_with_token(
         payload,
     ]
     return DeviceContext(*row) if (row := execute_prepared(sql, params)) else None
+
+
+@lru_cache(maxsize=64)
+def _write_sql(hash_count: int, row_count: int) -> str:
+    from connector.models import Event
+    from devices.models import AliasValue
+
+    qn = connection.ops.quote_name
+    rows_sql = ", ".join(["(%s::varchar, %s::text, %s::bigint)"] * row_count)
+    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
+    return (
+        f"WITH dev AS ({_lookup_sql(token_where(hash_count))} LIMIT 1), "  # noqa: S608
+        "ok AS (SELECT * FROM dev WHERE NOT dev.locked AND (dev.devmode OR %s)"
+        " AND COALESCE(dev.failures, 0) < %s), "
+        f"stored AS (INSERT INTO {qn(AliasValue._meta.db_table)}"
+        " (device_id, alias, reported, timestamp) SELECT ok.id, v.alias, v.reported, v.ts"
+        f" FROM ok CROSS JOIN (VALUES {rows_sql}) AS v (alias, reported, ts)"
+        " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
+        " timestamp = excluded.timestamp), "
+        f"logged AS (INSERT INTO {qn(Event._meta.db_table)} ({event_columns})"
+        " SELECT ok.connector_id, %s::bigint, %s, ok.identity, %s::inet, NULL, '', %s,"
+        " %s::jsonb FROM ok) "
+        "SELECT * FROM dev"
+    )
 
 
 def execute_prepared(sql: str, params: list) -> tuple | None:
