@@ -60,27 +60,10 @@ def row(
     )
 
 
-def record(
-    connector: Connector | str,
-    type: EventType | str,
-    summary: str,
-    *,
-    identity: str = "",
-    source_ip: str | None = None,
-    actor=None,
-    payload: dict[str, Any] | None = None,
-) -> None:
+def record(connector: Connector | str, type: EventType | str, summary: str, **fields) -> None:
     """Append one event: a single INSERT (it runs on the device API's hot path).
 
-    Callers pass no secrets: payloads hold names, values and reasons.
+    `fields` are those of `row` (identity, source_ip, actor, payload). Callers pass no
+    secrets: payloads hold names, values and reasons.
     """
-    event = row(
-        connector,
-        type,
-        summary,
-        identity=identity,
-        source_ip=source_ip,
-        actor=actor,
-        payload=payload,
-    )
-    insert_rows(Event, COLUMNS, [event])
+    insert_rows(Event, COLUMNS, [row(connector, type, summary, **fields)])
