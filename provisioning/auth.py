@@ -108,6 +108,7 @@ CONNECTOR_FIELDS = (
     "id_type",
     "id_length",
     "id_casing",
+    "pki_enabled",
 )
 
 
@@ -192,6 +193,11 @@ def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | N
 def authenticate(request: HttpRequest, connector_id: str) -> DeviceContext | HttpResponse:
     ip = client_ip(request)
     creds = read_credentials(request)
+    cert = request.META.get("HTTP_X_SSL_CLIENT_CERT")  # kept only from trusted proxies
+    if cert and creds == Credentials():
+        from provisioning.certauth import authenticate_certificate
+
+        return authenticate_certificate(request, connector_id, cert)
     device = None
     if creds.token is not None or creds.basic is not None:
         device = _lookup(connector_id, ip, creds)
