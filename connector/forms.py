@@ -245,7 +245,13 @@ class SettingsForm(forms.Form):
             return
         removed = set(data.get("client_ca_remove") or [])
         remaining = [ca for ca in self.existing_cas if ca.fingerprint not in removed]
-        if data.get("pki_enabled") and not remaining and not data.get("client_ca_add"):
+        generated = data.get("vendor_name") == Vendor.LOCAL  # its CA becomes a client CA
+        if (
+            data.get("pki_enabled")
+            and not remaining
+            and not data.get("client_ca_add")
+            and not (generated)
+        ):
             self.add_error("client_ca_add", "Add at least one client CA certificate to enable PKI.")
         if data.get("vendor_name") == Vendor.DIGICERT:
             if not data.get("digicert_profile"):

@@ -121,6 +121,9 @@ class Connector(models.Model):
     vendor_options = models.JSONField(default=dict, blank=True)
     # Write-only: Fernet-encrypted with ENCRYPTION_KEY, never rendered back.
     vendor_api_key_encrypted = models.TextField(blank=True, default="")
+    # The local signer's CA: certificate (public) and private key (Fernet-encrypted, never shown).
+    signer_ca_pem = models.TextField(blank=True, default="")
+    signer_key_encrypted = models.TextField(blank=True, default="")
     # Resource definitions (alias -> definition), filled by the Resources tab.
     resources = models.JSONField(default=dict, blank=True)
 

@@ -18,6 +18,7 @@ from connector.models import (
     User,
     Vendor,
 )
+from provisioning import pki
 
 # Settings columns copied from a validated SettingsForm onto the connector.
 SETTINGS_COLUMNS = (
@@ -126,6 +127,8 @@ def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str
             payload["client_ca_added"] = [
                 {"subject": i.subject, "fingerprint": i.fingerprint} for i in added
             ]
+        if new_values["vendor_name"] == Vendor.LOCAL and not locked.signer_ca_pem:
+            payload["local_ca"] = _generate_local_ca(locked)
         if payload:
             locked.save()
             changed = sorted(payload)
@@ -138,6 +141,22 @@ def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str
             )
     connector.refresh_from_db()
     return changed
+
+
+def _generate_local_ca(connector: Connector) -> dict:
+    """The connector's own CA for signing CSRs; also trusted as one of its client CAs."""
+    cert, key = pki.new_ca(f"{connector.name} device CA ({connector.id})"[:64], timezone.now())
+    info = pki.cert_info(cert)
+    connector.signer_ca_pem = info.pem
+    connector.signer_key_encrypted = keys.encrypt(pki.private_key_pem(key))
+    ClientCA.objects.create(
+        connector=connector,
+        pem=info.pem,
+        fingerprint=info.fingerprint,
+        subject=info.subject[:500],
+        not_after=info.not_after,
+    )
+    return {"generated": info.subject, "fingerprint": info.fingerprint}
 
 
 def create_api_token(user: User) -> tuple[str, ApiToken]:

@@ -101,17 +101,17 @@ class IdentityView(APIView):
             auth_type = auth.get("type")
             if auth_type not in (None, "token", "password", "certificate", "csr"):
                 errors["auth.type"] = "Use token, password, certificate or csr."
-            elif auth_type == "csr":
-                errors["auth.type"] = "This connector has no CSR signer configured."
-            elif auth_type == "certificate" and not isinstance(auth.get("key"), str):
-                errors["auth.key"] = "A certificate identity needs its PEM certificate as key."
-            elif auth_type != "certificate" and "key" in auth:
+            elif auth_type in ("certificate", "csr") and not isinstance(auth.get("key"), str):
+                errors["auth.key"] = "Give the PEM certificate (or CSR) as auth.key."
+            elif auth_type not in ("certificate", "csr") and "key" in auth:
                 errors["auth.key"] = "Only certificate (or csr) identities take a key."
             expire = auth.get("expire")
             if expire is not None and (isinstance(expire, bool) or not isinstance(expire, int)):
                 errors["auth.expire"] = "Must be a whole number of microseconds since the epoch."
         if errors:
             return Response(errors, status=400)
+        if auth.get("type") == "csr":
+            return self._enable_with_csr(request, connector, identity, data, auth)
         try:
             services.whitelist_device(
                 connector,
@@ -128,6 +128,24 @@ class IdentityView(APIView):
         except services.DeviceExists:
             return Response({"identity": "This identity already exists."}, status=409)
         return Response(status=204)
+
+    def _enable_with_csr(self, request, connector, identity, data, auth) -> Response:
+        try:
+            certificate = services.enable_with_csr(
+                connector,
+                identity,
+                auth["key"],
+                actor=request.user,
+                expire=auth.get("expire"),
+                tags=data.get("tags"),
+                locked=data.get("locked", False),
+                source_ip=request.META.get("REMOTE_ADDR"),
+            )
+        except services.InvalidInput as exc:
+            return _invalid(exc)
+        except services.DeviceExists:
+            return Response({"identity": "This identity already exists."}, status=409)
+        return Response({"certificate": certificate}, status=200)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, connector_id: str, identity: str) -> Response:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from connector import events
+from connector import events, keys
 from connector.models import Connector, EventType, now_us
 from devices.models import Device, DeviceAuthType, DeviceTag, Status
 from devices.validation import check_device_certificate, check_expire, check_identity, check_tags
+from provisioning import pki
 
 HOUR_US = 3_600_000_000
 # Events list at most this many identities of a bulk action.
@@ -218,3 +220,65 @@ def _describe(identities: list[str], count: int) -> str:
     if count == 1:
         return identities[0]
     return f"{count} devices"
+
+
+def enable_with_csr(
+    connector: Connector,
+    identity: str,
+    csr_pem: str,
+    *,
+    actor=None,
+    expire: int | None = None,
+    tags: list | None = None,
+    locked: bool = False,
+    source_ip: str | None = None,
+) -> str:
+    """Whitelist an identity with a certificate issued by the connector's signer for its CSR
+    (Murano's auth.type "csr"). Returns the certificate (PEM); stored as the identity's key."""
+    try:
+        check_identity(identity, connector.identity_format)
+    except ValueError as exc:
+        raise InvalidInput({"identity": str(exc)}) from exc
+    try:
+        csr = pki.load_csr(csr_pem)
+    except pki.PKIError as exc:
+        raise InvalidInput({"auth.key": str(exc)}) from exc
+    if pki.csr_common_name(csr) != identity:
+        raise InvalidInput(
+            {
+                "auth.key": f"The CSR's CN is “{pki.csr_common_name(csr)}”, "
+                f"not the identity “{identity}”."
+            }
+        )
+    if connector.vendor_name != "local" or not connector.signer_ca_pem:
+        raise InvalidInput(
+            {
+                "auth.type": "This connector has no CSR signer: choose the local "
+                "CA as validator vendor in its PKI settings."
+            }
+        )
+    ca_cert = pki.load_certificates(connector.signer_ca_pem)[0]
+    ca_key = pki.load_private_key(keys.decrypt(connector.signer_key_encrypted))
+    months = (connector.vendor_options or {}).get("validity_months") or 12
+    issued = pki.cert_info(pki.sign_csr(csr, ca_cert, ca_key, timezone.now(), months=months))
+    with transaction.atomic():
+        whitelist_device(
+            connector,
+            identity,
+            actor=actor,
+            expire=expire,
+            cert_pem=issued.pem,
+            tags=tags,
+            locked=locked,
+            source_ip=source_ip,
+        )
+        events.record(
+            connector,
+            EventType.CERTIFICATE_ISSUED,
+            f"Certificate issued for {identity} by the local CA",
+            identity=identity,
+            actor=actor,
+            source_ip=source_ip,
+            payload={"fingerprint": issued.fingerprint, "not_after": issued.not_after},
+        )
+    return issued.pem
