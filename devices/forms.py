@@ -34,11 +34,12 @@ class AddDeviceForm(forms.Form):
         ),
     )
     certificate = forms.CharField(
-        label="TLS client certificate (optional)",
+        label="TLS client certificate or CSR (optional)",
         required=False,
         strip=False,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
-        help_text="PEM. Its CN must be the identity.",
+        help_text="PEM; its CN must be the identity. A certificate signing request is signed "
+        "by the connector's local CA and the certificate is shown once.",
     )
     tags = TagsField(label="Tags (optional)", required=False, help_text=TAGS_HELP)
     activation_hours = forms.IntegerField(
@@ -54,6 +55,7 @@ class AddDeviceForm(forms.Form):
         "auth.key": "certificate",
         "tags": "tags",
         "auth.expire": "activation_hours",
+        "auth.type": "certificate",
     }
 
 

@@ -146,6 +146,8 @@ def device_add(request: HttpRequest, connector_id: str) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        if "BEGIN CERTIFICATE REQUEST" in data["certificate"]:
+            return _add_with_csr(request, connector, form)
         try:
             device = services.whitelist_device(
                 connector,
@@ -169,6 +171,43 @@ def device_add(request: HttpRequest, connector_id: str) -> HttpResponse:
         connector,
         "devices/add.html",
         status=400 if form.errors else 200,
+        form=form,
+        format_description=connector.identity_format.describe(),
+    )
+
+
+def _add_with_csr(request: HttpRequest, connector: Connector, form: AddDeviceForm):
+    """A CSR pasted instead of a certificate: the connector's signer issues the certificate."""
+    data = form.cleaned_data
+    expire = now_us() + data["activation_hours"] * services.HOUR_US
+    try:
+        certificate = services.enable_with_csr(
+            connector,
+            data["identity"],
+            data["certificate"],
+            actor=request.user,
+            expire=expire,
+            tags=data["tags"],
+            source_ip=request.META.get("REMOTE_ADDR"),
+        )
+    except services.InvalidInput as exc:
+        for key, message in exc.errors.items():
+            form.add_error(AddDeviceForm.FIELD_FOR.get(key, "certificate"), message)
+    except services.DeviceExists:
+        form.add_error("identity", "This identity is already whitelisted in this connector.")
+    else:
+        return _render(
+            request,
+            connector,
+            "devices/issued.html",
+            identity=data["identity"],
+            certificate=certificate,
+        )
+    return _render(
+        request,
+        connector,
+        "devices/add.html",
+        status=400,
         form=form,
         format_description=connector.identity_format.describe(),
     )

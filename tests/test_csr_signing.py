@@ -164,3 +164,23 @@ def test_factory_cli_enables_a_device_with_a_csr(live_server, transactional_db, 
         timeout=60,
     )
     assert again.returncode == 1 and "already exists" in again.stdout
+
+
+def test_add_one_device_form_accepts_a_csr(api, browser_client, connector):
+    from django.urls import reverse
+
+    enable_local_signer(api, connector)
+    csr, _ = csr_for("sensor-11")
+    response = browser_client.post(
+        reverse("device-add", args=[connector.id]),
+        {"identity": "sensor-11", "certificate": csr, "activation_hours": "48"},
+    )
+    assert response.status_code == 200
+    assert "Certificate issued for" in response.content.decode()
+    device = Device.objects.get()
+    assert device.cert_pem in response.content.decode()
+    bad = browser_client.post(
+        reverse("device-add", args=[connector.id]),
+        {"identity": "sensor-12", "certificate": csr, "activation_hours": "48"},
+    )
+    assert bad.status_code == 400 and "CN is “sensor-11”" in bad.content.decode()
