@@ -16,6 +16,7 @@ from devices import listing, services
 from devices.importer import import_identities
 from devices.models import Device
 from devices.serialize import device_json
+from provisioning.digicert import SignerError
 
 TRUE = {"1", "true", "yes", "on"}
 
@@ -145,6 +146,8 @@ class IdentityView(APIView):
             return _invalid(exc)
         except services.DeviceExists:
             return Response({"identity": "This identity already exists."}, status=409)
+        except SignerError as exc:  # the signing service failed: not the caller's input
+            return Response({"detail": str(exc)}, status=502)
         return Response({"certificate": certificate}, status=200)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})

@@ -14,7 +14,7 @@ from connector import events, keys
 from connector.models import Connector, EventType, now_us
 from devices.models import Device, DeviceAuthType, DeviceTag, Status
 from devices.validation import check_device_certificate, check_expire, check_identity, check_tags
-from provisioning import pki
+from provisioning import digicert, pki
 
 HOUR_US = 3_600_000_000
 # Events list at most this many identities of a bulk action.
@@ -250,17 +250,29 @@ def enable_with_csr(
                 f"not the identity “{identity}”."
             }
         )
-    if connector.vendor_name != "local" or not connector.signer_ca_pem:
+    months = (connector.vendor_options or {}).get("validity_months") or 12
+    if connector.vendor_name == "digicert":
+        certificate = digicert.sign(
+            csr_pem,
+            identity,
+            profile=connector.vendor_options.get("profile_name", ""),
+            api_key=keys.decrypt(connector.vendor_api_key_encrypted),
+            months=months,
+        )
+        issued = pki.cert_info(pki.load_certificates(certificate)[0])
+        signer = "DigiCert"
+    elif connector.vendor_name == "local" and connector.signer_ca_pem:
+        ca_cert = pki.load_certificates(connector.signer_ca_pem)[0]
+        ca_key = pki.load_private_key(keys.decrypt(connector.signer_key_encrypted))
+        issued = pki.cert_info(pki.sign_csr(csr, ca_cert, ca_key, timezone.now(), months=months))
+        signer = "the local CA"
+    else:
         raise InvalidInput(
             {
-                "auth.type": "This connector has no CSR signer: choose the local "
-                "CA as validator vendor in its PKI settings."
+                "auth.type": "This connector has no CSR signer: choose the local CA or "
+                "DigiCert as validator vendor in its PKI settings."
             }
         )
-    ca_cert = pki.load_certificates(connector.signer_ca_pem)[0]
-    ca_key = pki.load_private_key(keys.decrypt(connector.signer_key_encrypted))
-    months = (connector.vendor_options or {}).get("validity_months") or 12
-    issued = pki.cert_info(pki.sign_csr(csr, ca_cert, ca_key, timezone.now(), months=months))
     with transaction.atomic():
         whitelist_device(
             connector,
@@ -275,7 +287,7 @@ def enable_with_csr(
         events.record(
             connector,
             EventType.CERTIFICATE_ISSUED,
-            f"Certificate issued for {identity} by the local CA",
+            f"Certificate issued for {identity} by {signer}",
             identity=identity,
             actor=actor,
             source_ip=source_ip,

@@ -241,6 +241,9 @@ DEVICE_AUTH_FAILURE_WINDOW = env.int("DEVICE_AUTH_FAILURE_WINDOW", default=60)
 LOG_RETENTION_DAYS = env.int("LOG_RETENTION_DAYS", default=30)
 LOG_MAX_ROWS_PER_CONNECTOR = env.int("LOG_MAX_ROWS_PER_CONNECTOR", default=1_000_000)
 
+# DigiCert ONE, the CSR signer a connector may choose (Enterprise PKI Manager REST API).
+DIGICERT_API_URL = env.str("DIGICERT_API_URL", default="https://one.digicert.com")
+
 # CSV whitelisting: largest file and most devices per import.
 IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=128 * 1024 * 1024)
 IMPORT_MAX_ROWS = env.int("IMPORT_MAX_ROWS", default=200_000)
