@@ -15,7 +15,13 @@ from django.utils import timezone
 
 from connector.identity import Casing, IdentityFormat, IdentityType, format_error
 from connector.models import AuthType, Connector, User, Vendor
-from provisioning.pki import CertInfo, PKIError, check_client_ca, load_certificates
+from provisioning.pki import (
+    CertInfo,
+    PKIError,
+    check_client_ca,
+    load_certificates,
+    load_private_key,
+)
 
 MAX_IP_ENTRIES = 1000
 
@@ -119,6 +125,13 @@ class NetworkListField(forms.Field):
         return networks
 
 
+class SecretTextarea(forms.Textarea):
+    """A textarea that never renders a value back (a private key must not echo on errors)."""
+
+    def format_value(self, value):
+        return ""
+
+
 class SettingsForm(forms.Form):
     """Every connector setting (SPEC.md section 5). Bound to one connector."""
 
@@ -185,6 +198,20 @@ class SettingsForm(forms.Form):
     )
     digicert_validity_months = forms.IntegerField(
         label="Validity (months)", required=False, min_value=1, max_value=120
+    )
+    local_ca_certificate = forms.CharField(
+        label="Local CA certificate (optional)",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        help_text="Upload your own CA with its key, or leave both blank to have one generated.",
+    )
+    local_ca_key = forms.CharField(
+        label="Local CA private key",
+        required=False,
+        strip=False,
+        widget=SecretTextarea(attrs={"rows": 4, "spellcheck": "false", "autocomplete": "off"}),
+        help_text="Write-only: stored encrypted, never shown again.",
     )
 
     def __init__(self, *args, connector: Connector, **kwargs):
@@ -260,6 +287,26 @@ class SettingsForm(forms.Form):
                 self.add_error("digicert_api_key", "DigiCert needs an API key.")
             if not data.get("digicert_validity_months"):
                 self.add_error("digicert_validity_months", "Say for how many months to sign.")
+        self._clean_local_ca(data)
+
+    def _clean_local_ca(self, data) -> None:
+        cert_text, key_text = data.get("local_ca_certificate"), data.get("local_ca_key")
+        if not (cert_text or key_text):
+            return
+        if not (cert_text and key_text):
+            field = "local_ca_key" if cert_text else "local_ca_certificate"
+            self.add_error(field, "Give the CA certificate and its private key together.")
+            return
+        try:
+            info = check_client_ca(load_certificates(cert_text)[0], timezone.now())
+            key = load_private_key(key_text)
+        except PKIError as exc:
+            self.add_error("local_ca_certificate", str(exc))
+            return
+        if key.public_key() != load_certificates(info.pem)[0].public_key():
+            self.add_error("local_ca_key", "This private key does not belong to the certificate.")
+            return
+        data["local_ca"] = (info, key_text)
 
 
 def initial_from_connector(connector: Connector) -> dict:
@@ -283,4 +330,6 @@ def initial_from_connector(connector: Connector) -> dict:
         "digicert_profile": options.get("profile_name", ""),
         "digicert_api_key": "",
         "digicert_validity_months": options.get("validity_months"),
+        "local_ca_certificate": "",
+        "local_ca_key": "",
     }

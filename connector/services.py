@@ -127,7 +127,9 @@ def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str
             payload["client_ca_added"] = [
                 {"subject": i.subject, "fingerprint": i.fingerprint} for i in added
             ]
-        if new_values["vendor_name"] == Vendor.LOCAL and not locked.signer_ca_pem:
+        if cleaned.get("local_ca"):
+            payload["local_ca"] = _install_local_ca(locked, *cleaned["local_ca"])
+        elif new_values["vendor_name"] == Vendor.LOCAL and not locked.signer_ca_pem:
             payload["local_ca"] = _generate_local_ca(locked)
         if payload:
             locked.save()
@@ -141,6 +143,21 @@ def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str
             )
     connector.refresh_from_db()
     return changed
+
+
+def _install_local_ca(connector: Connector, info, key_pem: str) -> dict:
+    """An uploaded CA (certificate + key) becomes the local signer and a client CA."""
+    connector.signer_ca_pem = info.pem
+    connector.signer_key_encrypted = keys.encrypt(key_pem)
+    if not ClientCA.objects.filter(connector=connector, fingerprint=info.fingerprint).exists():
+        ClientCA.objects.create(
+            connector=connector,
+            pem=info.pem,
+            fingerprint=info.fingerprint,
+            subject=info.subject[:500],
+            not_after=info.not_after,
+        )
+    return {"uploaded": info.subject, "fingerprint": info.fingerprint}
 
 
 def _generate_local_ca(connector: Connector) -> dict:

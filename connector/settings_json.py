@@ -31,6 +31,8 @@ FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "digicert_profile": ("pki.vendor.options.profile_name", str),
     "digicert_api_key": ("pki.vendor.options.api_key", str),
     "digicert_validity_months": ("pki.vendor.options.validity_months", (int, type(None))),
+    "local_ca_certificate": ("pki.vendor.options.ca_certificate", str),
+    "local_ca_key": ("pki.vendor.options.ca_private_key", str),
 }
 PATH_TO_FIELD = {path: field for field, (path, _type) in FIELDS.items()}
 FIELD_TO_PATH = {field: path for field, (path, _type) in FIELDS.items()}
@@ -48,6 +50,8 @@ def settings_to_json(connector: Connector) -> dict[str, Any]:
             "validity_months": options.get("validity_months"),
             "api_key_set": bool(connector.vendor_api_key_encrypted),
         }
+    elif connector.vendor_name == "local":
+        vendor_options = {"ca_certificate": connector.signer_ca_pem or None}
     return {
         "fqdn": connector.fqdn,
         "protocol": {"name": PROTOCOL_NAME, "devmode": connector.devmode},

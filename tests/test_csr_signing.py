@@ -51,7 +51,7 @@ def test_local_ca_is_generated_trusted_and_its_key_kept_secret(api, connector):
     assert "PRIVATE KEY" in key_pem and key_pem not in connector.signer_key_encrypted
     body = api.get(settings_url(connector)).content.decode()
     assert "PRIVATE KEY" not in body and connector.signer_key_encrypted not in body
-    assert body.count("BEGIN CERTIFICATE") == 1  # the CA, listed among client CAs
+    assert body.count("BEGIN CERTIFICATE") == 2  # the CA: a client CA and the signer
     event = Event.objects.filter(type="settings_changed").last()
     assert "local_ca" in event.payload and "PRIVATE" not in str(event.payload)
 
@@ -184,3 +184,77 @@ def test_add_one_device_form_accepts_a_csr(api, browser_client, connector):
         {"identity": "sensor-12", "certificate": csr, "activation_hours": "48"},
     )
     assert bad.status_code == 400 and "CN is “sensor-11”" in bad.content.decode()
+
+
+def test_uploaded_local_ca_signs_and_its_key_is_never_shown(api, browser_client, connector):
+    from django.urls import reverse
+
+    from tests.certs import key_pem, make_cert, pem
+
+    ca_cert, ca_key = make_cert("Uploaded CA", ca=True)
+    other_cert, _ = make_cert("Other CA", ca=True)
+    mismatch = api.patch(
+        settings_url(connector),
+        {
+            "pki": {
+                "enabled": True,
+                "vendor": {
+                    "name": "local",
+                    "options": {
+                        "ca_certificate": pem(other_cert),
+                        "ca_private_key": key_pem(ca_key),
+                    },
+                },
+            }
+        },
+        format="json",
+    )
+    assert mismatch.status_code == 400
+    assert "does not belong" in mismatch.json()["pki.vendor.options.ca_private_key"]
+    half = api.patch(
+        settings_url(connector),
+        {
+            "pki": {
+                "enabled": True,
+                "vendor": {"name": "local", "options": {"ca_certificate": pem(ca_cert)}},
+            }
+        },
+        format="json",
+    )
+    assert half.status_code == 400
+    ok = api.patch(
+        settings_url(connector),
+        {
+            "pki": {
+                "enabled": True,
+                "vendor": {
+                    "name": "local",
+                    "options": {"ca_certificate": pem(ca_cert), "ca_private_key": key_pem(ca_key)},
+                },
+            }
+        },
+        format="json",
+    )
+    assert ok.status_code == 204
+    body = api.get(settings_url(connector)).json()
+    assert body["pki"]["vendor"] == {"name": "local", "options": {"ca_certificate": pem(ca_cert)}}
+    assert pem(ca_cert) in body["pki"]["client_ca"]
+    csr, _ = csr_for("sensor-20")
+    issued = api.put(
+        identity_url(connector, "sensor-20"), {"auth": {"type": "csr", "key": csr}}, format="json"
+    ).json()["certificate"]
+    assert x509.load_pem_x509_certificate(issued.encode()).issuer == ca_cert.subject
+    # The settings page never echoes a private key, not even on a failed save.
+    page = browser_client.post(
+        reverse("connector-settings", args=[connector.id]),
+        {
+            "auth_type": "token",
+            "activation_period_hours": "0",
+            "id_type": "opaque",
+            "id_casing": "mixed",
+            "pki_enabled": "on",
+            "vendor_name": "local",
+            "local_ca_key": key_pem(ca_key),
+        },
+    )
+    assert page.status_code == 400 and "PRIVATE KEY" not in page.content.decode()
