@@ -327,3 +327,22 @@ def test_device_page_of_another_user_is_404(browser_client, bobs_connector):
         assert browser_client.get(reverse(name, args=[bobs_connector.id, "x1"])).status_code == 404
         browser_client.post(reverse(name, args=[bobs_connector.id, "x1"]), {"action": "lock"})
     assert Device.objects.filter(identity="x1", locked=False).exists()
+
+
+def test_filter_certificates_expiring_soon(browser_client, connector):
+    import datetime as dt
+
+    soon, _ = make_cert(
+        "soon", not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=360), days=365
+    )
+    later, _ = make_cert("later", days=365)
+    services.whitelist_device(connector, "soon", cert_pem=pem(soon))
+    services.whitelist_device(connector, "later", cert_pem=pem(later))
+    services.whitelist_device(connector, "no-cert")
+    assert identities(browser_client.get(list_url(connector, cert_expires_days=30))) == ["soon"]
+    assert identities(browser_client.get(list_url(connector, cert_expires_days=400))) == [
+        "later",
+        "soon",
+    ]
+    bad = browser_client.get(list_url(connector, cert_expires_days="soon"))
+    assert "Give a number of days" in bad.content.decode()
