@@ -100,6 +100,8 @@ DEVICE_API_DOMAIN = env.str("DEVICE_API_DOMAIN", default="localhost").lower().st
 DEVICE_API_INSECURE = env_bool("DEVICE_API_INSECURE", default=False)
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# The management UI's own names, even when they sit under DEVICE_API_DOMAIN.
+MANAGEMENT_HOSTS = frozenset(h.lower().lstrip(".") for h in ALLOWED_HOSTS)
 ALLOWED_HOSTS.append("." + DEVICE_API_DOMAIN)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 

@@ -26,7 +26,7 @@ def device_host_connector(host: str) -> str | None:
     """
     host = host.lower().rstrip(".")
     suffix = "." + settings.DEVICE_API_DOMAIN
-    if not host.endswith(suffix):
+    if not host.endswith(suffix) or host in settings.MANAGEMENT_HOSTS:
         return None
     label = host[: -len(suffix)]
     return label if CONNECTOR_LABEL.fullmatch(label) else ""

@@ -446,3 +446,12 @@ def test_token_lookup_uses_the_secret_index(dev, token):
         cursor.execute("EXPLAIN QUERY PLAN " + sql, ["1.1.1.1", 0, "c", "token", "1$x"])
         plan = " ".join(str(row) for row in cursor.fetchall())
     assert "device_secret" in plan
+
+
+def test_management_host_under_the_device_domain_stays_the_management_ui(client, settings):
+    settings.DEVICE_API_DOMAIN = "example.com"
+    settings.ALLOWED_HOSTS = ["connector.example.com", ".example.com"]
+    settings.MANAGEMENT_HOSTS = frozenset({"connector.example.com"})
+    response = client.get("/login/", HTTP_HOST="connector.example.com")
+    assert response.status_code == 200 and b"Sign in" in response.content
+    assert client.get("/login/", HTTP_HOST="other.example.com").status_code == 404
