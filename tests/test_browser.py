@@ -260,3 +260,20 @@ def test_logs_tab_shows_provision_and_write_live(page, live_server):
     expect(rows).to_have_count(before + 2)
     page.get_by_role("button", name="Resume").click()
     expect(rows.nth(0)).to_contain_text("Write myalias=51", timeout=15000)
+
+
+def test_vendor_options_show_only_for_the_chosen_vendor(page):
+    from connector.services import create_connector
+
+    user = User.objects.create_user("pki@example.com", "a long factory passphrase")
+    connector = create_connector(user, "PKI")
+    sign_in(page, "pki@example.com")
+    page.goto(f"/c/{connector.id}/")
+    page.get_by_label("Enable PKI").check()
+    vendor = page.get_by_label("Validator vendor")
+    vendor.select_option("local")
+    expect(page.get_by_label("Local CA private key")).to_be_visible()
+    expect(page.get_by_label("Profile name")).to_be_hidden()
+    vendor.select_option("digicert")
+    expect(page.get_by_label("Profile name")).to_be_visible()
+    expect(page.get_by_label("Local CA private key")).to_be_hidden()
