@@ -20,6 +20,11 @@ urlpatterns = [
         name="api-identity",
     ),
     path(
+        "service/<str:connector_id>/device2/identity/<str:identity>/state",
+        devices_api.IdentityStateView.as_view(),
+        name="api-identity-state",
+    ),
+    path(
         "service/<str:connector_id>/device2/identities",
         devices_api.IdentityImportView.as_view(),
         name="api-identity-import",

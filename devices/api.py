@@ -15,7 +15,7 @@ from connector.models import now_us
 from devices import listing, services
 from devices.importer import import_identities
 from devices.models import Device
-from devices.serialize import device_json
+from devices.serialize import device_json, state_json
 from provisioning.digicert import SignerError
 
 TRUE = {"1", "true", "yes", "on"}
@@ -79,13 +79,16 @@ class IdentityListView(APIView):
         before = request.query_params.get("before", "")
         after = request.query_params.get("after", "")
         rows, more_after, more_before = listing.page(
-            listing.filtered(connector, flt), after=after, before=before, limit=int(raw_limit)
+            listing.filtered(connector, flt).prefetch_related("values"),
+            after=after,
+            before=before,
+            limit=int(raw_limit),
         )
         now = now_us()
         return Response(
             {
                 "mayLoadMore": more_before if before else more_after,
-                "devices": [device_json(d, now) for d in rows],
+                "devices": [device_json(d, now, state_json(d.values.all())) for d in rows],
             }
         )
 
@@ -153,7 +156,7 @@ class IdentityView(APIView):
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, connector_id: str, identity: str) -> Response:
         device = _device(request, connector_id, identity)
-        return Response(device_json(device, now_us()))
+        return Response(device_json(device, now_us(), state_json(device.values.all())))
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None})
     def patch(self, request: Request, connector_id: str, identity: str) -> Response:
@@ -234,3 +237,12 @@ class IdentityImportView(APIView):
             source_ip=request.META.get("REMOTE_ADDR"),
         )
         return Response(report.as_json(), status=200 if report.ok else 400)
+
+
+class IdentityStateView(APIView):
+    """`GET …/identity/<id>/state`: the latest value of every alias of the device."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, connector_id: str, identity: str) -> Response:
+        device = _device(request, connector_id, identity)
+        return Response(state_json(device.values.order_by("alias")))

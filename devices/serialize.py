@@ -8,7 +8,14 @@ from devices.models import Device
 ONLINE_WINDOW_US = 5 * 60 * 1_000_000
 
 
-def device_json(device: Device, now: int) -> dict:
+def state_json(values) -> dict:
+    """Per alias: what the device reported, what the cloud set, when (µs)."""
+    return {
+        v.alias: {"reported": v.reported, "set": v.set, "timestamp": v.timestamp} for v in values
+    }
+
+
+def device_json(device: Device, now: int, state: dict | None = None) -> dict:
     activity = getattr(device, "activity", None)
     last_seen = activity.last_seen if activity else None
     return {
@@ -22,5 +29,5 @@ def device_json(device: Device, now: int) -> dict:
         "lastseen": last_seen,
         "online": last_seen is not None and now - last_seen < ONLINE_WINDOW_US,
         "tags": device.tag_list,
-        "state": {},
+        "state": state if state is not None else {},
     }

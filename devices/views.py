@@ -326,6 +326,7 @@ def device_detail(request: HttpRequest, connector_id: str, identity: str) -> Htt
         status_now=device.status,
         tags_form=tags_form,
         events=events,
+        values=device.values.order_by("alias")[:200],
     )
 
 

@@ -319,3 +319,18 @@ def test_patch_reprovision_flag_revokes(api, base10):
     assert (
         api.patch(url(base10, "00000001"), {"reprovision": False}, format="json").status_code == 400
     )
+
+
+def test_identity_state_after_device_writes(api, base10):
+    from tests.device_client import DeviceClient
+
+    api.put(url(base10, "00000001"), {}, format="json")
+    dev = DeviceClient(base10)
+    token = dev.activate("00000001").content.decode()
+    dev.write(token, "temp=21.5&hum=40")
+    state = api.get(url(base10, "00000001") + "/state").json()
+    assert set(state) == {"temp", "hum"}
+    assert state["temp"]["reported"] == "21.5" and state["temp"]["set"] is None
+    assert api.get(url(base10, "00000001")).json()["state"] == state
+    listed = api.get(url(base10)).json()["devices"][0]
+    assert listed["state"] == state

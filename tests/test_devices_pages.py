@@ -346,3 +346,14 @@ def test_filter_certificates_expiring_soon(browser_client, connector):
     ]
     bad = browser_client.get(list_url(connector, cert_expires_days="soon"))
     assert "Give a number of days" in bad.content.decode()
+
+
+def test_device_page_shows_the_latest_values(browser_client, connector):
+    from tests.device_client import DeviceClient
+
+    services.whitelist_device(connector, "d1")
+    dev = DeviceClient(connector)
+    token = dev.activate("d1").content.decode()
+    dev.write(token, "myalias=50")
+    page = browser_client.get(reverse("device-detail", args=[connector.id, "d1"])).content.decode()
+    assert "Latest values" in page and ">myalias<" in page and ">50<" in page
