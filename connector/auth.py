@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from connector import keys
 from connector.models import ApiToken
+from provisioning import ratelimit
+
+# Password sign-ins (page, HTTP Basic, token requests) share one failure counter per address.
+ACCOUNTS_KEY = "@accounts"
 
 
 class EmailBackend(ModelBackend):
-    """ModelBackend with the email (any case) as the login."""
+    """ModelBackend with the email (any case) as the login, slowed down against guessing:
+    after ACCOUNT_AUTH_FAILURE_LIMIT failures from one address in a minute, every attempt
+    from it fails, the right password included, until the minute is over."""
 
     def authenticate(self, request, username=None, password=None, **kwargs):
         username = username or kwargs.get("email")
         if username is None or password is None:
             return None
-        return super().authenticate(request, username=username.strip().lower(), password=password)
+        ip = getattr(request, "META", {}).get("REMOTE_ADDR") if request is not None else None
+        if ip and ratelimit.failures(ACCOUNTS_KEY, ip) >= settings.ACCOUNT_AUTH_FAILURE_LIMIT:
+            return None
+        user = super().authenticate(request, username=username.strip().lower(), password=password)
+        if user is None and ip:
+            ratelimit.note_failure(ACCOUNTS_KEY, ip)
+        return user
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):

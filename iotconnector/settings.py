@@ -250,6 +250,10 @@ DIGICERT_API_URL = env.str("DIGICERT_API_URL", default="https://one.digicert.com
 IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=128 * 1024 * 1024)
 IMPORT_MAX_ROWS = env.int("IMPORT_MAX_ROWS", default=200_000)
 
+# Failed password sign-ins (page, HTTP Basic, token requests) per address per minute before
+# every attempt from that address fails until the minute is over.
+ACCOUNT_AUTH_FAILURE_LIMIT = env.int("ACCOUNT_AUTH_FAILURE_LIMIT", default=10)
+
 API_TOKEN_LIFETIME_DAYS = env.int("API_TOKEN_LIFETIME_DAYS", default=30)
 
 REST_FRAMEWORK = {

@@ -29,6 +29,16 @@ def current_window() -> int:
     return _window(time.time())
 
 
+def failures(connector_id: str, ip: str) -> int:
+    """Failures counted for this key and address in the current window."""
+    return (
+        AuthFailure.objects.filter(connector_id=connector_id, ip=ip, window_start=current_window())
+        .values_list("count", flat=True)
+        .first()
+        or 0
+    )
+
+
 def is_limited(count: int | None) -> bool:
     return (count or 0) >= settings.DEVICE_AUTH_FAILURE_LIMIT
 
