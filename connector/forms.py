@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from connector.identity import Casing, IdentityFormat, IdentityType, format_error
 from connector.models import AuthType, Connector, User, Vendor
+from devices.resources import check_definitions
 from provisioning.pki import (
     CertInfo,
     PKIError,
@@ -214,6 +215,9 @@ class SettingsForm(forms.Form):
         help_text="Write-only: stored encrypted, never shown again.",
     )
 
+    # Only through the API's settings JSON (the Resources tab has its own form); None = unchanged.
+    resources = forms.JSONField(required=False)
+
     def __init__(self, *args, connector: Connector, **kwargs):
         self.connector = connector
         kwargs.setdefault("initial", initial_from_connector(connector))
@@ -222,6 +226,15 @@ class SettingsForm(forms.Form):
         self.fields["client_ca_remove"].choices = [
             (ca.fingerprint, ca.subject) for ca in self.existing_cas
         ]
+
+    def clean_resources(self):
+        value = self.cleaned_data.get("resources")
+        if value is None:
+            return None
+        try:
+            return check_definitions(value)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
 
     def clean_client_ca_add(self) -> list[CertInfo]:
         text = self.cleaned_data["client_ca_add"]

@@ -126,6 +126,8 @@ class Connector(models.Model):
     signer_key_encrypted = models.TextField(blank=True, default="")
     # Resource definitions (alias -> definition), filled by the Resources tab.
     resources = models.JSONField(default=dict, blank=True)
+    # Bumped on every change of `resources`: the device API's cached copy checks it.
+    resources_version = models.PositiveIntegerField(default=0)
 
     objects = ConnectorQuerySet.as_manager()
 

@@ -127,6 +127,11 @@ def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str
             payload["client_ca_added"] = [
                 {"subject": i.subject, "fingerprint": i.fingerprint} for i in added
             ]
+        resources = cleaned.get("resources")
+        if resources is not None and resources != (locked.resources or {}):
+            payload["resources"] = {"aliases": sorted(resources)}
+            locked.resources = resources
+            locked.resources_version += 1
         if cleaned.get("local_ca"):
             payload["local_ca"] = _install_local_ca(locked, *cleaned["local_ca"])
         elif new_values["vendor_name"] == Vendor.LOCAL and not locked.signer_ca_pem:
@@ -174,6 +179,31 @@ def _generate_local_ca(connector: Connector) -> dict:
         not_after=info.not_after,
     )
     return {"generated": info.subject, "fingerprint": info.fingerprint}
+
+
+def set_resource(connector: Connector, user: User, alias: str, definition: dict | None) -> None:
+    """Add, change (a checked definition) or remove (None) one resource of the connector."""
+    with transaction.atomic():
+        locked = Connector.objects.select_for_update().get(pk=connector.pk)
+        resources = dict(locked.resources or {})
+        if definition is None:
+            if resources.pop(alias, None) is None:
+                return
+            summary = f"Resource {alias} removed"
+        else:
+            summary = f"Resource {alias} {'changed' if alias in resources else 'defined'}"
+            resources[alias] = definition
+        Connector.objects.filter(pk=locked.pk).update(
+            resources=resources, resources_version=locked.resources_version + 1
+        )
+        events.record(
+            locked,
+            EventType.SETTINGS_CHANGED,
+            summary,
+            actor=user,
+            payload={"resource": alias, "definition": definition},
+        )
+    connector.refresh_from_db()
 
 
 def create_api_token(user: User) -> tuple[str, ApiToken]:

@@ -33,6 +33,7 @@ FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "digicert_validity_months": ("pki.vendor.options.validity_months", (int, type(None))),
     "local_ca_certificate": ("pki.vendor.options.ca_certificate", str),
     "local_ca_key": ("pki.vendor.options.ca_private_key", str),
+    "resources": ("resources", dict),
 }
 PATH_TO_FIELD = {path: field for field, (path, _type) in FIELDS.items()}
 FIELD_TO_PATH = {field: path for field, (path, _type) in FIELDS.items()}
@@ -83,17 +84,21 @@ def _flatten(data: dict, prefix: str, out: dict[str, Any], errors: dict[str, str
     for key, value in data.items():
         path = f"{prefix}{key}"
         if path in PATH_TO_FIELD or path in READ_ONLY:
-            out[path] = value
+            out[path] = value  # a whole object for "resources": it replaces the map
         elif isinstance(value, dict) and any(p.startswith(path + ".") for p in PATH_TO_FIELD):
             _flatten(value, path + ".", out, errors)
-        elif path == "resources":
-            errors[path] = "Resources are defined on the Resources tab."
         else:
             errors[path] = "Unknown setting."
 
 
 def _type_name(expected) -> str:
-    names = {bool: "true or false", int: "a whole number", str: "a string", list: "a list"}
+    names = {
+        bool: "true or false",
+        int: "a whole number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
     types = expected if isinstance(expected, tuple) else (expected,)
     return " or ".join(names.get(t, "null") for t in types)
 

@@ -175,7 +175,9 @@ def test_patch_every_setting(api, connector):
         ({"pki": {"enabled": True}}, "pki.client_ca", "at least one client CA"),
         ({"pki": {"client_ca": ["garbage"]}}, "pki.client_ca", "No PEM certificate"),
         ({"pki": {"vendor": {"name": "digicert"}}}, "pki.vendor.options.profile_name", "profile"),
-        ({"resources": {"temp": {}}}, "resources", "Resources tab"),
+        ({"resources": {"temp": {"format": "color"}}}, "resources", "temp.format"),
+        ({"resources": {"bad alias": {}}}, "resources", "an alias is"),
+        ({"resources": ["temp"]}, "resources", "an object"),
     ],
 )
 def test_bad_settings_are_400_naming_the_field_and_nothing_changes(
