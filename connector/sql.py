@@ -22,8 +22,10 @@ def insert_sql(
     conflict: Sequence[str] = (),
     update: Sequence[str] = (),
     returning: Sequence[str] = (),
+    keep_if_null: Sequence[str] = (),
 ) -> str:
-    """The statement text; built once per shape (the device API repeats a handful)."""
+    """The statement text; built once per shape (the device API repeats a handful).
+    `keep_if_null` columns are updated on conflict only with a non-null new value."""
     return _insert_sql(
         model,
         connection.vendor,
@@ -32,11 +34,12 @@ def insert_sql(
         tuple(conflict),
         tuple(update),
         tuple(returning),
+        tuple(keep_if_null),
     )
 
 
 @lru_cache(maxsize=256)
-def _insert_sql(model, vendor, columns, nrows, conflict, update, returning) -> str:
+def _insert_sql(model, vendor, columns, nrows, conflict, update, returning, keep_if_null) -> str:
     qn = connection.ops.quote_name
     table = qn(model._meta.db_table)
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
@@ -47,7 +50,9 @@ def _insert_sql(model, vendor, columns, nrows, conflict, update, returning) -> s
     if conflict:
         sql += f" ON CONFLICT ({', '.join(qn(c) for c in conflict)}) "
         if update:
-            sql += "DO UPDATE SET " + ", ".join(f"{qn(c)} = excluded.{qn(c)}" for c in update)
+            sets = [f"{qn(c)} = excluded.{qn(c)}" for c in update]
+            sets += [f"{qn(c)} = COALESCE(excluded.{qn(c)}, {table}.{qn(c)})" for c in keep_if_null]
+            sql += "DO UPDATE SET " + ", ".join(sets)
         else:
             sql += "DO NOTHING"
     if returning:
@@ -63,11 +68,18 @@ def insert_rows(
     conflict: Sequence[str] = (),
     update: Sequence[str] = (),
     returning: Sequence[str] = (),
+    keep_if_null: Sequence[str] = (),
 ) -> list[tuple]:
     if not rows:
         return []
     sql = insert_sql(
-        model, columns, len(rows), conflict=conflict, update=update, returning=returning
+        model,
+        columns,
+        len(rows),
+        conflict=conflict,
+        update=update,
+        returning=returning,
+        keep_if_null=keep_if_null,
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [value for row in rows for value in row])

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 from connector import logs, services
 from connector.forms import ConnectorNameForm, SettingsForm, SignUpForm
 from connector.models import Connector, EventType, User
+from devices.forms import ResourceForm
 
 
 def user_connector(request: HttpRequest, connector_id: str) -> Connector:
@@ -93,7 +94,26 @@ def connector_delete(request: HttpRequest, connector_id: str) -> HttpResponse:
 @login_required
 def connector_resources(request: HttpRequest, connector_id: str) -> HttpResponse:
     connector = user_connector(request, connector_id)
-    return _tab(request, connector, "resources", "connector/resources.html")
+    form = ResourceForm(request.POST or None)
+    if request.method == "POST":
+        if "delete" in request.POST:
+            services.set_resource(connector, request.user, request.POST["delete"], None)
+            messages.success(request, f"Resource {request.POST['delete']} removed.")
+            return redirect("connector-resources", connector_id=connector.id)
+        if form.is_valid():
+            alias = form.cleaned_data["alias"]
+            services.set_resource(connector, request.user, alias, form.cleaned_data["definition"])
+            messages.success(request, f"Resource {alias} saved.")
+            return redirect("connector-resources", connector_id=connector.id)
+    return _tab(
+        request,
+        connector,
+        "resources",
+        "connector/resources.html",
+        status=400 if form.errors else 200,
+        form=form,
+        resources=sorted((connector.resources or {}).items()),
+    )
 
 
 @login_required

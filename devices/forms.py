@@ -72,3 +72,45 @@ class ImportForm(forms.Form):
 
 class TagsForm(forms.Form):
     tags = TagsField(label="Tags", required=False, help_text=TAGS_HELP)
+
+
+class ResourceForm(forms.Form):
+    """One resource definition on the Resources tab."""
+
+    alias = forms.CharField(label="Alias", max_length=64, help_text="Letters, digits, _ . -")
+    format = forms.ChoiceField(
+        label="Format", choices=[("string", "String"), ("number", "Number"), ("boolean", "Boolean")]
+    )
+    unit = forms.CharField(label="Unit", required=False, max_length=32)
+    settable = forms.BooleanField(
+        label="Settable (the cloud may set a value the device reads)", required=False
+    )
+    allowed = forms.CharField(
+        label="Allowed values",
+        required=False,
+        max_length=2000,
+        help_text="Comma-separated values, or ranges like 9-11 for numbers. Blank: any.",
+    )
+    initial = forms.CharField(label="Initial value", required=False, max_length=1000)
+
+    def clean(self):
+        from devices.resources import check_definition
+
+        data = super().clean()
+        if self.errors:
+            return data
+        allowed = [a.strip() for a in data.get("allowed", "").split(",") if a.strip()]
+        definition = {
+            "format": data["format"],
+            "unit": data.get("unit", ""),
+            "settable": data.get("settable", False),
+            "allowed": allowed,
+            "initial": data.get("initial") or None,
+        }
+        try:
+            data["definition"] = check_definition(data["alias"], definition)
+        except ValueError as exc:
+            message = str(exc)
+            field = message.split(":", 1)[0].rpartition(".")[2]
+            self.add_error(field if field in self.fields else "alias", message.split(": ", 1)[-1])
+        return data

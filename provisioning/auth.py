@@ -94,6 +94,15 @@ class DeviceContext:
     last_seen: int | None
     recent_failures: int | None
     secret_hash: str = ""
+    resources: dict | None = None  # the connector's resource definitions
+    resources_version: int = 0
+
+    @classmethod
+    def from_row(cls, row) -> DeviceContext:
+        *head, resources, version = row
+        if isinstance(resources, str):
+            resources = json.loads(resources)
+        return cls(*head, resources=resources or {}, resources_version=version)
 
 
 CONNECTOR_FIELDS = (
@@ -109,6 +118,8 @@ CONNECTOR_FIELDS = (
     "id_length",
     "id_casing",
     "pki_enabled",
+    "resources",
+    "resources_version",
 )
 
 
@@ -128,8 +139,9 @@ def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
     if row is None:
         return None, 0
     values = dict(zip(CONNECTOR_FIELDS, row[:-1], strict=True))
-    if isinstance(values["ip_allowed"], str):
-        values["ip_allowed"] = json.loads(values["ip_allowed"])
+    for name in ("ip_allowed", "resources"):
+        if isinstance(values[name], str):
+            values[name] = json.loads(values[name])
     return Connector(**values), row[-1] or 0
 
 
@@ -148,7 +160,8 @@ def _lookup_sql(where: str) -> str:
         f"SELECT d.id, d.identity, d.connector_id, d.state, d.locked, c.devmode, "  # noqa: S608
         f"a.last_ip, a.last_seen, "
         f"(SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
-        f" AND f.ip = %s AND f.window_start = %s) AS failures, d.secret_hash "
+        f" AND f.ip = %s AND f.window_start = %s) AS failures, d.secret_hash, "
+        f"c.resources, c.resources_version "
         f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
         f"LEFT JOIN {activity} a ON a.device_id = d.id "
         f"WHERE d.connector_id = %s AND d.auth_type = %s AND {where}"
@@ -158,7 +171,7 @@ def _lookup_sql(where: str) -> str:
 def _fetch(where: str, params: list) -> list[DeviceContext]:
     with connection.cursor() as cursor:
         cursor.execute(_lookup_sql(where), params)
-        return [DeviceContext(*row) for row in cursor.fetchall()]
+        return [DeviceContext.from_row(row) for row in cursor.fetchall()]
 
 
 def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | None:
@@ -248,11 +261,17 @@ def token_where(count: int) -> str:
 
 
 def write_with_token(
-    request: HttpRequest, connector_id: str, token: str, rows: list[tuple], event: tuple
+    request: HttpRequest,
+    connector_id: str,
+    token: str,
+    rows: list[tuple],
+    event: tuple,
+    resources_version: int,
 ) -> DeviceContext | None:
     """PostgreSQL: find the device by token, check it and store a write with its event, all in
     one statement. Returns the device when it matched (written only if `refusal_for` finds
-    nothing to refuse), else None.
+    nothing to refuse and the connector's resources are still at `resources_version`, the
+    version the rows were checked against), else None.
 
     The device API's most frequent request thus costs one round trip; every refusal is
     answered by the ordinary two-step path, which finds the same device (or none) again.
@@ -272,6 +291,7 @@ def write_with_token(
         *hashes,
         secure,
         settings.DEVICE_AUTH_FAILURE_LIMIT,
+        resources_version,
         *(value for row in rows for value in row),
         when,
         kind,
@@ -279,7 +299,7 @@ def write_with_token(
         summary,
         payload,
     ]
-    return DeviceContext(*row) if (row := execute_prepared(sql, params)) else None
+    return DeviceContext.from_row(row) if (row := execute_prepared(sql, params)) else None
 
 
 @lru_cache(maxsize=64)
@@ -288,17 +308,19 @@ def _write_sql(hash_count: int, row_count: int) -> str:
     from devices.models import AliasValue
 
     qn = connection.ops.quote_name
-    rows_sql = ", ".join(["(%s::varchar, %s::text, %s::bigint)"] * row_count)
+    rows_sql = ", ".join(["(%s::varchar, %s::text, %s::text, %s::bigint)"] * row_count)
+    table = qn(AliasValue._meta.db_table)
     event_columns = ", ".join(qn(c) for c in events.COLUMNS)
     return (
         f"WITH dev AS ({_lookup_sql(token_where(hash_count))} LIMIT 1), "  # noqa: S608
         "ok AS (SELECT * FROM dev WHERE NOT dev.locked AND (dev.devmode OR %s)"
-        " AND COALESCE(dev.failures, 0) < %s), "
-        f"stored AS (INSERT INTO {qn(AliasValue._meta.db_table)}"
-        " (device_id, alias, reported, timestamp) SELECT ok.id, v.alias, v.reported, v.ts"
-        f" FROM ok CROSS JOIN (VALUES {rows_sql}) AS v (alias, reported, ts)"
+        " AND COALESCE(dev.failures, 0) < %s AND dev.resources_version = %s), "
+        f"stored AS (INSERT INTO {table}"
+        ' (device_id, alias, reported, "set", timestamp)'
+        " SELECT ok.id, v.alias, v.reported, v.set_value, v.ts"
+        f" FROM ok CROSS JOIN (VALUES {rows_sql}) AS v (alias, reported, set_value, ts)"
         " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
-        " timestamp = excluded.timestamp), "
+        f' "set" = COALESCE(excluded."set", {table}."set"), timestamp = excluded.timestamp), '
         f"logged AS (INSERT INTO {qn(Event._meta.db_table)} ({event_columns})"
         " SELECT ok.connector_id, %s::bigint, %s, ok.identity, %s::inet, NULL, '', %s,"
         " %s::jsonb FROM ok) "

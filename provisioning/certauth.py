@@ -48,6 +48,8 @@ def _context(device: Device, connector: Connector, failures: int) -> DeviceConte
         last_seen=activity.last_seen if activity else None,
         recent_failures=failures,
         secret_hash="",
+        resources=connector.resources or {},
+        resources_version=connector.resources_version,
     )
 
 

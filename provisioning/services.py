@@ -14,9 +14,10 @@ from connector.identity import identity_error
 from connector.models import AuthType, Connector, Event, EventType, now_us
 from connector.sql import insert_rows, insert_sql, typed_placeholders
 from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
+from devices.resources import value_error
 from provisioning import auth, ratelimit
 from provisioning.auth import DeviceContext
-from provisioning.wire import encode_pairs
+from provisioning.wire import WireError, encode_pairs
 
 MIN_PASSWORD_BYTES = 20
 # Last IP / last seen are rewritten at most this often per device (µs), not on every request.
@@ -245,31 +246,73 @@ def _short(value: str) -> str:
     return value if len(value) <= EVENT_VALUE_CHARS else value[:EVENT_VALUE_CHARS] + "…"
 
 
-VALUE_COLUMNS = ["device_id", "alias", "reported", "timestamp"]
+VALUE_COLUMNS = ["device_id", "alias", "reported", "set", "timestamp"]
+UPSERT = {
+    "conflict": ["device_id", "alias"],
+    "update": ["reported", "timestamp"],
+    "keep_if_null": ["set"],
+}
+# connector id -> (resources version, definitions): lets the one-statement write check values
+# before it runs; the statement itself verifies the version is still current.
+_RESOURCES: dict[str, tuple[int, dict]] = {}
 
 
-def write_event(connector_id: str, identity: str, pairs: list[tuple[str, str]], ip: str):
+def split_write(resources: dict, pairs: list[tuple[str, str]]):
+    """(rows to store as (alias, reported, set), undefined aliases) for a device write.
+
+    Raises WireError(400) naming the first value its definition refuses: nothing is stored.
+    """
+    stored, ignored = [], []
+    for alias, value in pairs:
+        definition = resources.get(alias)
+        if definition is None:
+            ignored.append(alias)  # logged, not stored (SPEC.md section 4)
+            continue
+        if reason := value_error(definition, value):
+            raise WireError(400, f"{alias}: {reason}")
+        stored.append((alias, value, value if definition.get("settable") else None))
+    return stored, ignored
+
+
+def write_event(connector_id: str, identity: str, pairs, ip: str, ignored=()):
+    payload = {"values": {a: _short(v) for a, v in pairs}}
+    if ignored:
+        payload["not_stored"] = list(ignored)  # no resource of that alias is defined
     return events.row(
         connector_id,
         EventType.DATA_IN,
         "Write " + ", ".join(f"{a}={_short(v)}" for a, v in pairs)[:250],
         identity=identity,
         source_ip=ip,
-        payload={"values": {a: _short(v) for a, v in pairs}},
+        payload=payload,
     )
 
 
 def write_with_token(request, connector_id: str, token: str, pairs, ip: str):
     """PostgreSQL fast path (see provisioning.auth.write_with_token): authenticate and write
-    in one statement. Returns the matched device or None."""
+    in one statement. Returns the matched device, or None to take the ordinary path."""
+    cached = _RESOURCES.get(connector_id)
+    if cached is None:
+        return None  # the ordinary path learns the definitions
+    version, resources = cached
+    try:
+        stored, ignored = split_write(resources, pairs)
+    except WireError:
+        return None  # authenticate first, then refuse the value, on the ordinary path
+    if not stored:
+        return None
     now = now_us()
     device = auth.write_with_token(
         request,
         connector_id,
         token,
-        [(a, v, now) for a, v in pairs],
-        write_event(connector_id, "", pairs, ip),
+        [(a, reported, set_value, now) for a, reported, set_value in stored],
+        write_event(connector_id, "", pairs, ip, ignored),
+        version,
     )
+    if device is not None and device.resources_version != version:
+        _RESOURCES[connector_id] = (device.resources_version, device.resources)
+        return None  # definitions changed: nothing was written; the ordinary path writes
     if device is not None and auth.refusal_for(request, device) is None:
         touch(device, ip, now)
     return device
@@ -278,37 +321,53 @@ def write_with_token(request, connector_id: str, token: str, pairs, ip: str):
 def write_values(device: DeviceContext, pairs: list[tuple[str, str]], ip: str) -> None:
     """Store a device write (one timestamp for all aliases) and its event.
 
-    No explicit transaction: BEGIN and COMMIT would be two more round trips on the hottest
-    path (≤ 4 statements per write). On PostgreSQL values and event are one statement; on
-    SQLite the event is inserted only after the values statement succeeded, so no event
-    describes a write that did not happen.
+    Only aliases with a resource definition are stored, each value checked against it;
+    the others are logged. No explicit transaction: BEGIN and COMMIT would be two more round
+    trips on the hottest path (≤ 4 statements per write). On PostgreSQL values and event are
+    one statement; on SQLite the event is inserted only after the values statement succeeded,
+    so no event describes a write that did not happen.
     """
+    _RESOURCES[device.connector_id] = (device.resources_version, device.resources or {})
+    stored, ignored = split_write(device.resources or {}, pairs)
     now = now_us()
-    values = [(device.pk, a, v, now) for a, v in pairs]
-    event = write_event(device.connector_id, device.identity, pairs, ip)
-    upsert = {"conflict": ["device_id", "alias"], "update": ["reported", "timestamp"]}
-    if connection.vendor == "postgresql":
+    values = [(device.pk, a, reported, set_value, now) for a, reported, set_value in stored]
+    event = write_event(device.connector_id, device.identity, pairs, ip, ignored)
+    if values and connection.vendor == "postgresql":
         # One statement, so one transaction, one round trip: values and their event.
         sql = (
-            f"WITH stored AS ({insert_sql(AliasValue, VALUE_COLUMNS, len(values), **upsert)}) "
+            f"WITH stored AS ({insert_sql(AliasValue, VALUE_COLUMNS, len(values), **UPSERT)}) "
             + insert_sql(Event, events.COLUMNS, 1)
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, [*(p for value in values for p in value), *event])
     else:
-        insert_rows(AliasValue, VALUE_COLUMNS, values, **upsert)
+        insert_rows(AliasValue, VALUE_COLUMNS, values, **UPSERT)
         insert_rows(Event, events.COLUMNS, [event])
     touch(device, ip, now)
 
 
+def current_value(definition: dict, reported: str | None, set_value: str | None) -> str | None:
+    """What a read answers: the cloud's `set` for settable resources, else the device's
+    `reported`; the definition's initial value until there is one."""
+    value = set_value if definition.get("settable") else reported
+    return value if value is not None else definition.get("initial")
+
+
 def read_values(device: DeviceContext, aliases: list[str], ip: str) -> list[tuple[str, str]]:
-    """Current values of the aliases that have one, in the order asked."""
-    rows = dict(
-        AliasValue.objects.filter(device_id=device.pk, alias__in=aliases).values_list(
-            "alias", "reported"
-        )
-    )
-    found = [(a, rows[a]) for a in dict.fromkeys(aliases) if rows.get(a) is not None]
+    """Current values of the defined aliases that have one, in the order asked."""
+    resources = device.resources or {}
+    wanted = [a for a in dict.fromkeys(aliases) if a in resources]
+    rows = {
+        alias: (reported, set_value)
+        for alias, reported, set_value in AliasValue.objects.filter(
+            device_id=device.pk, alias__in=wanted
+        ).values_list("alias", "reported", "set")
+    }
+    found = []
+    for alias in wanted:
+        value = current_value(resources[alias], *rows.get(alias, (None, None)))
+        if value is not None:
+            found.append((alias, value))
     events.record(
         device.connector_id,
         EventType.READ,
@@ -324,7 +383,16 @@ def read_values(device: DeviceContext, aliases: list[str], ip: str) -> list[tupl
 def record_values(
     device: DeviceContext, points: dict[str, list[tuple[int, str]]], ip: str
 ) -> Outcome:
-    """Historical points; any collision with stored points refuses the whole request (409)."""
+    """Historical points of defined aliases (others are logged, not stored), each value checked
+    against its definition; any collision with stored points refuses the whole request."""
+    resources = device.resources or {}
+    for alias, items in points.items():
+        if alias in resources:
+            for ts, value in items:
+                if reason := value_error(resources[alias], value):
+                    return Outcome(400, f"{alias} at {ts}: {reason}")
+    ignored = [alias for alias in points if alias not in resources]
+    points = {alias: items for alias, items in points.items() if alias in resources}
     try:
         with transaction.atomic():
             if conflict := _record_conflicts(device, points):
@@ -343,7 +411,7 @@ def record_values(
                 f"Recorded {count} point{'s' if count != 1 else ''} for {', '.join(points)[:200]}",
                 identity=device.identity,
                 source_ip=ip,
-                payload={"points": {a: len(i) for a, i in points.items()}},
+                payload={"points": {a: len(i) for a, i in points.items()}, "not_stored": ignored},
             )
     except IntegrityError:  # a concurrent record stored the same points first
         return _record_conflicts(device, points) or Outcome(409, "")

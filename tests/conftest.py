@@ -98,3 +98,15 @@ def live_server_db_cleanup(django_db_setup, django_db_blocker):
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+
+
+def define(connector, *aliases: str, **definitions: dict) -> None:
+    """Give the connector resources: plain string aliases, or full definitions by keyword."""
+    from devices.resources import check_definitions
+
+    resources = dict(connector.resources or {})
+    resources.update(check_definitions({alias: {} for alias in aliases}))
+    resources.update(check_definitions(definitions))
+    connector.resources = resources
+    connector.resources_version += 1
+    connector.save(update_fields=["resources", "resources_version"])

@@ -322,8 +322,10 @@ def test_patch_reprovision_flag_revokes(api, base10):
 
 
 def test_identity_state_after_device_writes(api, base10):
+    from tests.conftest import define
     from tests.device_client import DeviceClient
 
+    define(base10, "temp", "hum")
     api.put(url(base10, "00000001"), {}, format="json")
     dev = DeviceClient(base10)
     token = dev.activate("00000001").content.decode()

@@ -39,6 +39,9 @@ def write(connector, *certs, body="myalias=55", **kw):
 
 
 def test_tutorial_self_signed_certificate_provisions_on_first_write(cert_connector):
+    from tests.conftest import define
+
+    define(cert_connector, "myalias")
     device_services.whitelist_device(cert_connector, "00000002")
     cert, _ = make_cert("00000002")
     assert write(cert_connector, cert).status_code == 204

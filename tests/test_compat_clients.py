@@ -13,7 +13,7 @@ from connector.models import Event, User
 from connector.services import create_connector
 from devices import services as device_services
 from devices.models import AliasValue, DataPoint
-from tests.conftest import PASSWORD, require
+from tests.conftest import PASSWORD, define, require
 
 GDC = Path(__file__).parent / "gdc_run.py"
 FORM = "Content-Type: application/x-www-form-urlencoded; charset=utf-8"
@@ -26,6 +26,7 @@ def live_connector(live_server, transactional_db):
     connector.id_type, connector.id_length = "base10", 8
     connector.devmode = True  # the live test server speaks plain HTTP
     connector.save()
+    define(connector, "myalias", "config", "temp")
     port = urlsplit(live_server.url).port
     return connector, f"http://{connector.id}.localhost:{port}"
 

@@ -9,6 +9,7 @@ from connector.models import Event
 from devices import services as device_services
 from devices.models import AliasValue, DataPoint, Device
 from provisioning.models import AuthFailure
+from tests.conftest import define
 from tests.device_client import DeviceClient, basic
 
 PASSWORD = "a-password-of-24-bytes!!"
@@ -18,6 +19,7 @@ PASSWORD = "a-password-of-24-bytes!!"
 def base10(connector):
     connector.id_type, connector.id_length = "base10", 8
     connector.save()
+    define(connector, "myalias", "a", "b", "c", "d", "j", "temp", "hum", "setpoint", "t")
     return connector
 
 

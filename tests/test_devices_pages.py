@@ -349,8 +349,10 @@ def test_filter_certificates_expiring_soon(browser_client, connector):
 
 
 def test_device_page_shows_the_latest_values(browser_client, connector):
+    from tests.conftest import define
     from tests.device_client import DeviceClient
 
+    define(connector, "myalias")
     services.whitelist_device(connector, "d1")
     dev = DeviceClient(connector)
     token = dev.activate("d1").content.decode()

@@ -35,6 +35,9 @@ def logs_url(connector, **params):
 
 
 def test_device_api_and_management_actions_are_logged_with_reasons(connector, alice):
+    from tests.conftest import define
+
+    define(connector, "temp")
     dev = DeviceClient(connector)
     device_services.whitelist_device(connector, "d1", actor=alice)
     token = dev.activate("d1").content.decode()

@@ -81,7 +81,10 @@ def curl(base_dir: Path, url: str, *args: str, cert=None, key=None) -> tuple[int
 
 
 def test_tutorial_self_signed_certificate_through_nginx(connector_tls):
+    from tests.conftest import define
+
     connector, base, folder = connector_tls
+    define(connector, "myalias")
     device_services.whitelist_device(connector, "00000002")
     subprocess.run(
         [
