@@ -240,9 +240,21 @@ class IdentityImportView(APIView):
 
 
 class IdentityStateView(APIView):
-    """`GET …/identity/<id>/state`: the latest value of every alias of the device."""
+    """`…/identity/<id>/state`: GET the latest value of every alias; PATCH `{alias: value}`
+    sets settable aliases (a cloud set)."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, connector_id: str, identity: str) -> Response:
         device = _device(request, connector_id, identity)
         return Response(state_json(device.values.order_by("alias")))
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None})
+    def patch(self, request: Request, connector_id: str, identity: str) -> Response:
+        device = _device(request, connector_id, identity)
+        if not isinstance(request.data, dict):
+            return Response({"non_field_errors": "Send a JSON object of alias: value."}, status=400)
+        try:
+            services.set_state(device, request.data, actor=request.user)
+        except services.InvalidInput as exc:
+            return _invalid(exc)
+        return Response(status=204)

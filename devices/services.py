@@ -294,3 +294,48 @@ def enable_with_csr(
             payload={"fingerprint": issued.fingerprint, "not_after": issued.not_after},
         )
     return issued.pem
+
+
+def set_state(device: Device, values: dict, *, actor=None) -> None:
+    """A cloud set: change `set` of settable aliases (checked against their definitions)."""
+    from connector.sql import insert_rows
+    from devices.models import AliasValue
+    from devices.resources import value_error
+
+    resources = device.connector.resources or {}
+    errors: dict[str, str] = {}
+    clean: dict[str, str] = {}
+    for alias, value in values.items():
+        definition = resources.get(alias)
+        if definition is None:
+            errors[alias] = "No resource of this alias is defined."
+        elif not definition.get("settable"):
+            errors[alias] = "This resource is not settable."
+        elif isinstance(value, dict | list) or value is None:
+            errors[alias] = "Give a text, number or boolean value."
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if reason := value_error(definition, text):
+                errors[alias] = reason[0].upper() + reason[1:] + "."
+            clean[alias] = text
+    if not values:
+        errors["non_field_errors"] = "Give at least one alias and value."
+    if errors:
+        raise InvalidInput(errors)
+    now = now_us()
+    with transaction.atomic():
+        insert_rows(
+            AliasValue,
+            ["device_id", "alias", "set", "timestamp"],
+            [(device.pk, alias, value, now) for alias, value in clean.items()],
+            conflict=["device_id", "alias"],
+            update=["set", "timestamp"],
+        )
+        events.record(
+            device.connector_id,
+            EventType.DEVICE_UPDATED,
+            "Set " + ", ".join(f"{a}={v}" for a, v in clean.items())[:250],
+            identity=device.identity,
+            actor=actor,
+            payload={"set": clean},
+        )

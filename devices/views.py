@@ -312,6 +312,18 @@ def device_detail(request: HttpRequest, connector_id: str, identity: str) -> Htt
             services.update_device(device, actor=request.user, locked=action == "lock")
             messages.success(request, "Device locked." if action == "lock" else "Device unlocked.")
             return redirect("device-detail", connector_id=connector.id, identity=identity)
+        elif action == "set":
+            try:
+                services.set_state(
+                    device,
+                    {request.POST.get("alias", ""): request.POST.get("value", "")},
+                    actor=request.user,
+                )
+            except services.InvalidInput as exc:
+                messages.error(request, " ".join(exc.errors.values()))
+            else:
+                messages.success(request, "Value set: the device reads it from now on.")
+            return redirect("device-detail", connector_id=connector.id, identity=identity)
         elif action == "revoke":
             services.revoke_device(device, actor=request.user)
             messages.success(request, "Credential revoked: the device must provision again.")
@@ -327,6 +339,7 @@ def device_detail(request: HttpRequest, connector_id: str, identity: str) -> Htt
         tags_form=tags_form,
         events=events,
         values=device.values.order_by("alias")[:200],
+        settable=sorted(a for a, d in (connector.resources or {}).items() if d.get("settable")),
     )
 
 

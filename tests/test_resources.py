@@ -163,3 +163,32 @@ def test_resources_in_the_settings_json(api, connector):
             "initial": None,
         }
     }
+
+
+def test_cloud_set_of_settable_aliases(device, api, connector):
+    dev, token = device
+    url = f"/api:1/service/{connector.id}/device2/identity/d1/state"
+    assert api.patch(url, {"setpoint": 23}, format="json").status_code == 204
+    assert dev.read(token, "setpoint").content == b"setpoint=23"
+    state = api.get(url).json()
+    assert state["setpoint"]["set"] == "23" and state["setpoint"]["reported"] is None
+    for body, field, message in [
+        ({"temp": 1}, "temp", "not settable"),
+        ({"nope": 1}, "nope", "No resource"),
+        ({"setpoint": "hot"}, "setpoint", "not a number"),
+        ({}, "non_field_errors", "at least one"),
+    ]:
+        response = api.patch(url, body, format="json")
+        assert response.status_code == 400 and message in response.json()[field]
+    assert AliasValue.objects.get(alias="setpoint").set == "23"
+    assert Event.objects.filter(summary="Set setpoint=23", actor_email="alice@example.com").exists()
+
+
+def test_set_from_the_device_page(device, browser_client, connector):
+    url = reverse("device-detail", args=[connector.id, "d1"])
+    page = browser_client.get(url).content.decode()
+    assert "<option>setpoint</option>" in page and "<option>temp</option>" not in page
+    browser_client.post(url, {"action": "set", "alias": "setpoint", "value": "24"})
+    assert AliasValue.objects.get(alias="setpoint").set == "24"
+    browser_client.post(url, {"action": "set", "alias": "setpoint", "value": "warm"})
+    assert AliasValue.objects.get(alias="setpoint").set == "24"
