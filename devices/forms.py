@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
+from devices.resources import check_definition
 from devices.validation import parse_tags_lines
 
 TAGS_HELP = "One tag per line as name=value, e.g. group=g1."
@@ -94,8 +95,6 @@ class ResourceForm(forms.Form):
     initial = forms.CharField(label="Initial value", required=False, max_length=1000)
 
     def clean(self):
-        from devices.resources import check_definition
-
         data = super().clean()
         if self.errors:
             return data

@@ -12,7 +12,9 @@ from django.utils import timezone
 
 from connector import events, keys
 from connector.models import Connector, EventType, now_us
-from devices.models import Device, DeviceAuthType, DeviceTag, Status
+from connector.sql import insert_rows
+from devices.models import AliasValue, Device, DeviceAuthType, DeviceTag, Status
+from devices.resources import value_error
 from devices.validation import check_device_certificate, check_expire, check_identity, check_tags
 from provisioning import digicert, pki
 
@@ -298,10 +300,6 @@ def enable_with_csr(
 
 def set_state(device: Device, values: dict, *, actor=None) -> None:
     """A cloud set: change `set` of settable aliases (checked against their definitions)."""
-    from connector.sql import insert_rows
-    from devices.models import AliasValue
-    from devices.resources import value_error
-
     resources = device.connector.resources or {}
     errors: dict[str, str] = {}
     clean: dict[str, str] = {}
