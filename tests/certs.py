@@ -75,3 +75,34 @@ def key_pem(key) -> str:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
+
+
+def openssl_self_signed(
+    folder, cn: str, key_name: str = "device-key.pem", cert_name: str = "device-cert.pem"
+) -> tuple[str, str]:
+    """The tutorial's own command for a device certificate; returns (cert PEM, key PEM)."""
+    import subprocess
+
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "365",
+            "-sha256",
+            "-subj",
+            f"/C=US/ST=MN/L=Mpls/O=Exosite/CN={cn}",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            str(folder / key_name),
+            "-out",
+            str(folder / cert_name),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return (folder / cert_name).read_text(), (folder / key_name).read_text()

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning import pki
-from tests.certs import key_pem, make_cert, new_key, pem
+from tests.certs import key_pem, make_cert, new_key, openssl_self_signed, pem
 from tests.conftest import require
 
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
@@ -186,29 +186,8 @@ def test_the_tutorials_openssl_csr_and_certificate(tmp_path):
     )
     csr = pki.load_csr((tmp_path / "d.req.pem").read_text())
     assert pki.csr_common_name(csr) == "00000042"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "365",
-            "-sha256",
-            "-subj",
-            "/C=US/ST=MN/L=Mpls/O=Exosite/CN=00000002",
-            "-newkey",
-            "rsa:2048",
-            "-keyout",
-            str(tmp_path / "k.pem"),
-            "-out",
-            str(tmp_path / "c.pem"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    cert = pki.load_certificates((tmp_path / "c.pem").read_text())[0]
+    cert_pem, _key = openssl_self_signed(tmp_path, "00000002")
+    cert = pki.load_certificates(cert_pem)[0]
     now = dt.datetime.now(dt.UTC)
     assert pki.check_client_certificate(cert, now).common_name == "00000002"
 

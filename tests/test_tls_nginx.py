@@ -16,7 +16,7 @@ from connector.services import create_connector
 from devices import services as device_services
 from devices.models import Device
 from provisioning.tlsstack import nginx_config
-from tests.certs import key_pem, make_cert, pem
+from tests.certs import key_pem, make_cert, openssl_self_signed, pem
 from tests.conftest import PASSWORD, basic, require
 
 
@@ -86,29 +86,7 @@ def test_tutorial_self_signed_certificate_through_nginx(connector_tls):
     connector, base, folder = connector_tls
     define(connector, "myalias")
     device_services.whitelist_device(connector, "00000002")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "365",
-            "-sha256",
-            "-subj",
-            "/C=US/ST=MN/L=Mpls/O=Exosite/CN=00000002",
-            "-newkey",
-            "rsa:2048",
-            "-keyout",
-            str(folder / "device-key.pem"),
-            "-out",
-            str(folder / "device-cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    cert, key = (folder / "device-cert.pem").read_text(), (folder / "device-key.pem").read_text()
+    cert, key = openssl_self_signed(folder, "00000002")
     status, _ = curl(folder, f"{base}/onep:v1/stack/alias", "-d", "myalias=55", cert=cert, key=key)
     assert status == 204
     assert list(Event.objects.filter(identity="00000002").values_list("type", flat=True))[-2:] == [
