@@ -1,19 +1,39 @@
-"""gunicorn settings for the IoT Connector (WSGI). Override any of them on the command line."""
+"""gunicorn settings for the IoT Connector. Override any of them on the command line.
+
+    gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py --bind 127.0.0.1:8000
+
+Each worker is one uvicorn event loop (iotconnector.worker) that owns the sockets and parks
+waiting long polls, plus WEB_THREADS threads that run Django.
+"""
 
 import multiprocessing
 import os
+import sys
 
-# Threads per worker: the device API is short requests dominated by small database queries.
-worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2)
-threads = int(os.environ.get("GUNICORN_THREADS") or 4)
-# Requests that take longer are killed; long polls are not served by this process.
+worker_class = "iotconnector.worker.Worker"
+
+
+def _database_is_sqlite() -> bool:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotconnector.settings")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from django.conf import settings
+
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
+
+if _database_is_sqlite():
+    # SQLite has one writer, and long-poll wake-ups on SQLite stay inside one process.
+    if int(os.environ.get("WEB_CONCURRENCY") or 1) != 1:
+        print("gunicorn.conf: SQLite runs one worker; WEB_CONCURRENCY ignored", file=sys.stderr)
+    workers = 1
+else:
+    workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2)
+# A worker that stops answering its heartbeat is replaced. Waiting long polls do not count:
+# they are parked in the event loop, not in a thread.
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
 # Headers: the forwarded client certificate can be a few KiB.
 limit_request_field_size = 16384
-# Behind nginx on loopback only; forwarded headers are checked by the app (TRUSTED_PROXIES).
-forwarded_allow_ips = "127.0.0.1,::1"
 accesslog = "-"
 errorlog = "-"

@@ -16,7 +16,7 @@ from connector.sql import insert_rows
 from devices.models import AliasValue, Device, DeviceAuthType, DeviceTag, Status
 from devices.resources import value_error
 from devices.validation import check_device_certificate, check_expire, check_identity, check_tags
-from provisioning import digicert, pki
+from provisioning import digicert, longpoll, pki
 
 HOUR_US = 3_600_000_000
 # Events list at most this many identities of a bulk action.
@@ -337,3 +337,4 @@ def set_state(device: Device, values: dict, *, actor=None) -> None:
             actor=actor,
             payload={"set": clean},
         )
+        longpoll.announce(device.pk, list(clean))

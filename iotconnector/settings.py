@@ -99,6 +99,11 @@ DEVICE_API_DOMAIN = env.str("DEVICE_API_DOMAIN", default="localhost").lower().st
 # set (local development only).
 DEVICE_API_INSECURE = env_bool("DEVICE_API_INSECURE", default=False)
 
+# Threads per server process that run Django (iotconnector.front); waiting long polls use none.
+WEB_THREADS = env.int("WEB_THREADS", default=4)
+if WEB_THREADS < 1:
+    raise ImproperlyConfigured("WEB_THREADS must be at least 1")
+
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 # The management UI's own names, even when they sit under DEVICE_API_DOMAIN.
 MANAGEMENT_HOSTS = frozenset(h.lower().lstrip(".") for h in ALLOWED_HOSTS)

@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from connector import events, keys
 from connector.models import Connector, EventType
 from devices.models import Device, DeviceActivity, DeviceAuthType
-from provisioning import ratelimit
+from provisioning import longpoll, ratelimit
 from provisioning.models import AuthFailure
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9]{40}")
@@ -320,11 +320,13 @@ def _write_sql(hash_count: int, row_count: int) -> str:
         " SELECT ok.id, v.alias, v.reported, v.set_value, v.ts"
         f" FROM ok CROSS JOIN (VALUES {rows_sql}) AS v (alias, reported, set_value, ts)"
         " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
-        f' "set" = COALESCE(excluded."set", {table}."set"), timestamp = excluded.timestamp), '
+        f' "set" = COALESCE(excluded."set", {table}."set"), timestamp = excluded.timestamp'
+        " RETURNING device_id, alias), "
+        f"notified AS ({longpoll.NOTIFY_STORED}), "
         f"logged AS (INSERT INTO {qn(Event._meta.db_table)} ({event_columns})"
         " SELECT ok.connector_id, %s::bigint, %s, ok.identity, %s::inet, NULL, '', %s,"
         " %s::jsonb FROM ok) "
-        "SELECT * FROM dev"
+        "SELECT dev.* FROM dev, (SELECT count(*) FROM notified) AS n"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
@@ -15,7 +16,7 @@ from connector.models import AuthType, Connector, Event, EventType, now_us
 from connector.sql import insert_rows, insert_sql, typed_placeholders
 from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
 from devices.resources import value_error
-from provisioning import auth, ratelimit
+from provisioning import auth, longpoll, ratelimit
 from provisioning.auth import DeviceContext
 from provisioning.wire import WireError, encode_pairs
 
@@ -318,6 +319,20 @@ def write_with_token(request, connector_id: str, token: str, pairs, ip: str):
     return device
 
 
+@lru_cache(maxsize=32)
+def _write_sql(nrows: int) -> str:
+    """PostgreSQL: values, the notification that wakes long polls on them, and the event."""
+    qn = connection.ops.quote_name
+    upsert = insert_sql(AliasValue, VALUE_COLUMNS, nrows, **UPSERT)
+    columns = ", ".join(qn(c) for c in events.COLUMNS)
+    return (
+        f"WITH stored AS ({upsert} RETURNING device_id, alias), "  # noqa: S608
+        f"notified AS ({longpoll.NOTIFY_STORED}) "
+        f"INSERT INTO {qn(Event._meta.db_table)} ({columns}) "
+        f"SELECT {typed_placeholders(Event, events.COLUMNS)} FROM (SELECT count(*) FROM notified) n"
+    )
+
+
 def write_values(device: DeviceContext, pairs: list[tuple[str, str]], ip: str) -> None:
     """Store a device write (one timestamp for all aliases) and its event.
 
@@ -333,16 +348,15 @@ def write_values(device: DeviceContext, pairs: list[tuple[str, str]], ip: str) -
     values = [(device.pk, a, reported, set_value, now) for a, reported, set_value in stored]
     event = write_event(device.connector_id, device.identity, pairs, ip, ignored)
     if values and connection.vendor == "postgresql":
-        # One statement, so one transaction, one round trip: values and their event.
-        sql = (
-            f"WITH stored AS ({insert_sql(AliasValue, VALUE_COLUMNS, len(values), **UPSERT)}) "
-            + insert_sql(Event, events.COLUMNS, 1)
-        )
+        # One statement, so one transaction, one round trip: values, their event, and the
+        # notification that wakes long polls on them (delivered when it commits).
+        sql = _write_sql(len(values))
         with connection.cursor() as cursor:
             cursor.execute(sql, [*(p for value in values for p in value), *event])
     else:
         insert_rows(AliasValue, VALUE_COLUMNS, values, **UPSERT)
         insert_rows(Event, events.COLUMNS, [event])
+        longpoll.announce_local(device.pk, [alias for alias, _r, _s in stored])
     touch(device, ip, now)
 
 
@@ -351,6 +365,20 @@ def current_value(definition: dict, reported: str | None, set_value: str | None)
     `reported`; the definition's initial value until there is one."""
     value = set_value if definition.get("settable") else reported
     return value if value is not None else definition.get("initial")
+
+
+def current_value_at(device_pk: int, alias: str, definition: dict) -> tuple[str, int] | None:
+    """What a read of one alias answers, with the time it was stored (µs); None without a
+    stored value (a long poll waits for one, the initial value is not news)."""
+    row = (
+        AliasValue.objects.filter(device_id=device_pk, alias=alias)
+        .values_list("reported", "set", "timestamp")
+        .first()
+    )
+    if row is None:
+        return None
+    value = current_value(definition, row[0], row[1])
+    return None if value is None else (value, row[2])
 
 
 def read_values(device: DeviceContext, aliases: list[str], ip: str) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from connector.models import Connector
-from provisioning import ratelimit, services, wire
+from provisioning import longpoll, ratelimit, services, wire
 from provisioning.auth import (
     authenticate,
     client_ip,
@@ -103,6 +103,8 @@ def alias(request: HttpRequest, connector_id: str) -> HttpResponse:
         if request.method == "POST":
             pairs = wire.parse_write(_form_body(request, "nothing to write: send alias=value"))
             services.write_values(device, pairs, ip)
+        elif "HTTP_REQUEST_TIMEOUT" in request.META:
+            return long_poll(request, device, aliases, ip)
         elif not aliases:
             raise wire.WireError(400, "name the aliases to read: ?alias1&alias2")
     except wire.WireError as exc:
@@ -117,6 +119,34 @@ def alias(request: HttpRequest, connector_id: str) -> HttpResponse:
         status=200,
         content_type="application/x-www-form-urlencoded; charset=utf-8",
     )
+
+
+def long_poll(request: HttpRequest, device, aliases: list[str], ip: str) -> HttpResponse:
+    """A read that waits (SPEC.md section 3): answers now when the alias is already newer
+    than `If-Modified-Since`, else hands the wait to the server's event loop."""
+    started_us = services.now_us()
+    timeout_ms = longpoll.parse_timeout(request.META["HTTP_REQUEST_TIMEOUT"])
+    since = longpoll.parse_since(request.META.get("HTTP_IF_MODIFIED_SINCE"))
+    if len(aliases) != 1:
+        raise wire.WireError(400, "long poll one alias: ?<alias>")
+    definition = (device.resources or {}).get(aliases[0])
+    if definition is None:
+        raise wire.WireError(400, f"{aliases[0]} is not a defined resource")
+    wait = longpoll.PollWait(
+        device.pk, aliases[0], definition, since, started_us, time.monotonic() + timeout_ms / 1000
+    )
+    services.touch(device, ip, started_us)
+    found = longpoll.read_current(wait)
+    if found is None and request.META.get("iot.front"):
+        request.META["iot.longpoll"] = wait  # the front waits; this thread is free
+        return text(304)
+    if found is None and (found := longpoll.wait_in_thread(wait)) is None:
+        return text(304)
+    body, headers = longpoll.answer(wait.alias, *found)
+    response = HttpResponse(body, status=200)
+    for name, value in headers:
+        response[name] = value
+    return response
 
 
 def _write_in_one_statement(request: HttpRequest, connector_id: str) -> HttpResponse | None:

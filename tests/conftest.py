@@ -1,6 +1,8 @@
 import base64
 import os
 import shutil
+import socket
+import threading
 
 import pytest
 from django.conf import settings as django_settings
@@ -80,6 +82,78 @@ def chromium_path() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     require(os.path.exists(path), "Debian's chromium is not installed (apt-get install chromium)")
     return path
+
+
+class FrontServer:
+    """The production server stack in a thread: uvicorn (httptools) running
+    `iotconnector.front.Front` around Django, on a free loopback port.
+
+    Replaces pytest-django's `live_server` (a plain WSGI server), so every live test (gdc,
+    curl, the browser) goes through the same front as production, long polls included.
+    """
+
+    def __init__(self):
+        import uvicorn
+        from django.contrib.staticfiles.handlers import StaticFilesHandler
+        from django.core.wsgi import get_wsgi_application
+        from django.db import connections
+        from django.test.utils import modify_settings
+
+        from iotconnector.front import Front
+
+        # An in-memory SQLite test database lives in the test thread's connection: share it.
+        shared = {
+            c.alias: c for c in connections.all() if c.vendor == "sqlite" and c.is_in_memory_db()
+        }
+        for conn in shared.values():
+            conn.inc_thread_sharing()
+
+        def use_shared_connections():
+            for alias, conn in shared.items():
+                connections[alias] = conn
+
+        self._shared = shared
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        app = Front(StaticFilesHandler(get_wsgi_application()), 4, use_shared_connections)
+        self.app = app
+        config = uvicorn.Config(
+            app, http="httptools", lifespan="on", proxy_headers=False, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            threading.Event().wait(0.025)
+        else:
+            raise RuntimeError("the test server did not start")
+        self._live_server_modified_settings = modify_settings(ALLOWED_HOSTS={"append": "127.0.0.1"})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        for conn in self._shared.values():
+            conn.dec_thread_sharing()
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        server = FrontServer()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,180 @@
+"""The ASGI application the server runs: Django on a fixed pool of threads, long polls parked
+in the event loop.
+
+Django's own ASGI handler runs each request's sync code in a new thread, so persistent
+database connections are never reused; here Django runs as under a threaded WSGI server
+(each pool thread keeps its connection), while the event loop owns the sockets. A long poll
+that has to wait leaves its thread at once (see `provisioning.longpoll`), so thousands of
+waiting polls cost no thread and no database connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from provisioning import longpoll
+
+# Bodies larger than this are refused before Django sees them; smaller ones are spooled to a
+# temporary file past 1 MiB. (Device bodies are limited to 1 MiB by the device API.)
+MAX_BODY = 64 * 1024 * 1024
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
+class Front:
+    def __init__(self, wsgi_app, threads: int, initializer=None):
+        self.app = wsgi_app
+        self.executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="django", initializer=initializer
+        )
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def run_sync(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
+    async def http(self, scope: dict, receive, send) -> None:
+        body = await read_body(scope, receive)
+        if body is None:
+            return  # gone before the request was complete
+        if isinstance(body, int):
+            await send_plain(send, body, b"the body is larger than 64 MiB")
+            return
+        loop = asyncio.get_running_loop()
+        environ = build_environ(scope, body)
+        environ["iot.front"] = True
+        status, headers, chunks = await self.run_sync(run_wsgi, self.app, environ, send, loop)
+        if status is None:
+            return  # a streamed response, already sent from its thread
+        wait: longpoll.PollWait | None = environ.get("iot.longpoll")
+        if wait is not None:
+            found = await longpoll.park(wait, receive, self.run_sync)
+            if found is False:
+                return  # the client went away: nothing to answer
+            if found is not None:
+                body_bytes, answer_headers = longpoll.answer(wait.alias, *found)
+                status, headers, chunks = 200, encode_headers(answer_headers), [body_bytes]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if longpoll.hub.listener is not None:
+                    longpoll.hub.listener.cancel()
+                self.executor.shutdown(wait=False)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def read_body(scope: dict, receive) -> Any:
+    """The request body as a file; None when the client left, 413 when too large."""
+    declared = dict(scope["headers"]).get(b"content-length", b"0")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return 413
+    body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            body.close()
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            body.close()
+            return 413
+        body.write(chunk)
+        if not message.get("more_body", False):
+            break
+    body.seek(0)
+    return body
+
+
+def build_environ(scope: dict, body) -> dict:
+    """A PEP 3333 environ for the request. Header names with underscores are dropped, as
+    gunicorn does: `X_SSL_CLIENT_CERT` must not pass for the proxy's `X-SSL-Client-Cert`."""
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client") or ("", 0)
+    environ = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": scope.get("root_path", "").encode().decode("latin-1"),
+        "PATH_INFO": scope["path"].encode().decode("latin-1"),
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "REMOTE_ADDR": client[0],
+        "REMOTE_PORT": str(client[1]),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": body,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1")
+        if "_" in name:
+            continue
+        value = raw_value.decode("latin-1")
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+def encode_headers(headers) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def run_wsgi(app, environ: dict, send, loop) -> tuple[int | None, list, list[bytes]]:
+    """Run Django in this pool thread. An ordinary response comes back whole (one hop back to
+    the loop); a streamed one (files, downloads) is sent from here, chunk by chunk."""
+    started: list = []
+
+    def start_response(status: str, headers, exc_info=None):
+        started[:] = [int(status.split(" ", 1)[0]), encode_headers(headers)]
+        return lambda data: None  # the write() callable; Django never uses it
+
+    result = app(environ, start_response)
+    try:
+        if not getattr(result, "streaming", False):
+            return started[0], started[1], list(result)
+
+        def push(message: dict) -> None:
+            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+
+        push({"type": "http.response.start", "status": started[0], "headers": started[1]})
+        for chunk in result:
+            if chunk:
+                push({"type": "http.response.body", "body": chunk, "more_body": True})
+        push({"type": "http.response.body", "body": b""})
+        return None, [], []
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+        environ["wsgi.input"].close()
+
+
+async def send_plain(send, status: int, body: bytes) -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

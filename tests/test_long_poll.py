@@ -1,0 +1,251 @@
+"""Long polls (SPEC.md section 3) against the real server stack (uvicorn + the front)."""
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from django.utils.http import http_date
+
+from connector.models import User
+from connector.services import create_connector
+from devices import services as device_services
+from devices.models import Device
+from provisioning import longpoll
+from provisioning.wire import WireError
+from tests.conftest import PASSWORD, define
+from tests.device_client import DeviceClient
+
+# --- Headers (pure) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5", "", " ", "١٢"])
+def test_bad_request_timeout_is_refused(value):
+    with pytest.raises(WireError) as error:
+        longpoll.parse_timeout(value)
+    assert error.value.status == 400 and "Request-Timeout" in error.value.reason
+
+
+def test_request_timeout_is_clamped_to_five_minutes():
+    assert longpoll.parse_timeout("0") == 0
+    assert longpoll.parse_timeout(" 1500 ") == 1500
+    assert longpoll.parse_timeout("300001") == 300_000
+    assert longpoll.parse_timeout("9" * 40) == 300_000
+
+
+def test_if_modified_since_unix_seconds_or_http_date():
+    assert longpoll.parse_since(None) is None
+    assert longpoll.parse_since("1700000000") == 1_700_000_000
+    assert longpoll.parse_since(http_date(1_700_000_000)) == 1_700_000_000
+    for bad in ("yesterday", "-5", "1e9", "Sun, 99 Foo 2023 00:00:00 GMT"):
+        with pytest.raises(WireError):
+            longpoll.parse_since(bad)
+
+
+def test_newer_is_compared_to_the_second_with_if_modified_since():
+    # Polling again with the Last-Modified (a whole second) does not return the same value.
+    assert not longpoll.is_newer(1_700_000_000_900_000, 1_700_000_000, 0)
+    assert longpoll.is_newer(1_700_000_001_000_000, 1_700_000_000, 0)
+    # Without the header, anything stored after the poll arrived answers it.
+    assert longpoll.is_newer(1_700_000_000_000_001, None, 1_700_000_000_000_000)
+    assert not longpoll.is_newer(1_700_000_000_000_000, None, 1_700_000_000_000_000)
+
+
+# --- Live server ------------------------------------------------------------------------------
+
+
+class Device_:
+    def __init__(self, server, connector, token):
+        self.base = server.url
+        self.host = f"{connector.id}.localhost"
+        self.token = token
+        self.connector = connector
+
+    def headers(self, **extra):
+        return {"Host": self.host, "X-Exosite-CIK": self.token, **extra}
+
+    def poll(self, alias, timeout_ms, since=None, **kwargs):
+        headers = self.headers(**{"Request-Timeout": str(timeout_ms)})
+        if since is not None:
+            headers["If-Modified-Since"] = str(since)
+        url = f"{self.base}/onep:v1/stack/alias?{alias}"
+        return requests.get(url, headers=headers, timeout=30, **kwargs)
+
+    def write(self, body):
+        return requests.post(
+            f"{self.base}/onep:v1/stack/alias",
+            data=body,
+            headers=self.headers(**{"Content-Type": "application/x-www-form-urlencoded"}),
+            timeout=10,
+        )
+
+
+def activated(server, connector, identity="00000001") -> Device_:
+    device_services.whitelist_device(connector, identity)
+    response = requests.post(
+        f"{server.url}/provision/activate",
+        data=f"id={identity}",
+        headers={
+            "Host": f"{connector.id}.localhost",
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        },
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return Device_(server, connector, response.text)
+
+
+@pytest.fixture
+def device(live_server, transactional_db):
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "Poll line")
+    connector.devmode = True  # plain HTTP on loopback
+    connector.save()
+    define(connector, "temp", setpoint={"format": "number", "settable": True})
+    return activated(live_server, connector)
+
+
+def wait_for_waiters(count: int) -> None:
+    """Until `count` polls wait in the server's event loop (the test server runs in-process)."""
+    for _ in range(400):
+        if len(longpoll.hub) == count:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{len(longpoll.hub)} polls waiting, expected {count}")
+
+
+def test_poll_times_out_with_304_after_the_requested_time(device):
+    started = time.monotonic()
+    response = device.poll("temp", 400)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 304
+    assert response.text == ""
+    assert 0.4 <= elapsed < 5
+    assert len(longpoll.hub) == 0
+
+
+def test_a_device_write_wakes_the_poll(device):
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(device.poll, "temp", 20_000)
+        wait_for_waiters(1)
+        assert device.write("temp=21.5").status_code == 204
+        response = polling.result(timeout=10)
+    assert response.status_code == 200
+    assert response.text == "temp=21.5"
+    last_modified = response.headers["Last-Modified"]
+    assert abs(longpoll.parse_since(last_modified) - time.time()) < 5
+    assert len(longpoll.hub) == 0
+
+
+def test_a_cloud_set_wakes_the_poll_on_a_settable_alias(device):
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(device.poll, "setpoint", 20_000)
+        wait_for_waiters(1)
+        identity = Device.objects.get(connector=device.connector)
+        device_services.set_state(identity, {"setpoint": 19})
+        response = polling.result(timeout=10)
+    assert (response.status_code, response.text) == (200, "setpoint=19")
+
+
+def test_a_write_to_another_alias_or_device_does_not_answer_the_poll(device, live_server):
+    other = activated(live_server, device.connector, "00000002")
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(device.poll, "setpoint", 1_500)
+        wait_for_waiters(1)
+        assert device.write("temp=1").status_code == 204
+        assert other.write("setpoint=5").status_code == 204
+        response = polling.result(timeout=10)
+    assert response.status_code == 304
+
+
+def test_a_value_already_newer_than_if_modified_since_answers_at_once(device):
+    assert device.write("temp=7").status_code == 204
+    started = time.monotonic()
+    response = device.poll("temp", 60_000, since=int(time.time()) - 60)
+    assert time.monotonic() - started < 10  # not the minute asked for
+    assert (response.status_code, response.text) == (200, "temp=7")
+    # Polling again with its Last-Modified waits for a newer value (here: runs out).
+    again = device.poll("temp", 300, since=response.headers["Last-Modified"])
+    assert again.status_code == 304
+
+
+def test_a_huge_request_timeout_is_accepted_and_clamped(device):
+    assert device.write("temp=3").status_code == 204
+    response = device.poll("temp", 10**12, since=0)
+    assert (response.status_code, response.text) == (200, "temp=3")
+
+
+@pytest.mark.parametrize("value", ["-5", "soon", "12.5"])
+def test_bad_request_timeout_is_a_400_over_http(device, value):
+    response = device.poll("temp", value)
+    assert response.status_code == 400
+    assert "Request-Timeout" in response.text
+
+
+def test_bad_polls_are_refused_with_the_reason(device, live_server):
+    assert device.poll("temp", 100, since="last tuesday").status_code == 400
+    undefined = device.poll("nosuch", 100)
+    assert undefined.status_code == 400 and "nosuch" in undefined.text
+    assert device.poll("temp&setpoint", 100).status_code == 400
+    wrong = Device_(live_server, device.connector, "x" * 40)
+    assert wrong.poll("temp", 100).status_code == 401
+    assert device.poll("temp", 0).status_code == 304
+
+
+def test_a_client_that_disconnects_while_waiting_leaves_nothing_behind(device, live_server):
+    request = (
+        "GET /onep:v1/stack/alias?temp HTTP/1.1\r\n"
+        f"Host: {device.host}\r\nX-Exosite-CIK: {device.token}\r\n"
+        "Request-Timeout: 60000\r\n\r\n"
+    ).encode()
+    clients = [socket.create_connection(("127.0.0.1", live_server.port)) for _ in range(5)]
+    for client in clients:
+        client.sendall(request)
+    wait_for_waiters(5)
+    for client in clients:
+        client.close()
+    wait_for_waiters(0)
+    assert longpoll.hub.waiters == {}
+    # The server still answers.
+    assert device.write("temp=4").status_code == 204
+
+
+def test_many_polls_on_one_alias_are_all_woken(device):
+    with ThreadPoolExecutor(20) as pool:
+        polls = [pool.submit(device.poll, "temp", 20_000) for _ in range(20)]
+        wait_for_waiters(20)
+        assert device.write("temp=8").status_code == 204
+        answers = {(p.result(timeout=10).status_code, p.result().text) for p in polls}
+    assert answers == {(200, "temp=8")}
+
+
+def test_gdc_http_poll(device):
+    from tests.test_compat_clients import gdc
+
+    host = f"http://{device.host}:{device.base.rsplit(':', 1)[1]}"
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(gdc, host, "-k", device.token, "http", "poll", "temp", "20000")
+        wait_for_waiters(1)
+        threading.Event().wait(0.05)
+        assert device.write("temp=42").status_code == 204
+        assert polling.result(timeout=30) == "[200] temp=42"
+    assert gdc(host, "-k", device.token, "http", "poll", "temp", "200", "9999999999") == "[304] Not modified"
+
+
+def test_without_the_front_a_poll_waits_in_its_thread(connector):
+    """Plain WSGI (`runserver`, the Django test client): the poll holds its thread but still
+    answers by its rules."""
+    connector.devmode = True
+    connector.save()
+    define(connector, "temp")
+    device_services.whitelist_device(connector, "00000001")
+    client = DeviceClient(connector)
+    token = client.activate("00000001").content.decode()
+    started = time.monotonic()
+    timed_out = client.read(token, "temp", HTTP_REQUEST_TIMEOUT="300")
+    assert timed_out.status_code == 304 and time.monotonic() - started >= 0.3
+    assert client.write(token, "temp=5").status_code == 204
+    answered = client.read(token, "temp", HTTP_REQUEST_TIMEOUT="60000", HTTP_IF_MODIFIED_SINCE="0")
+    assert (answered.status_code, answered.content) == (200, b"temp=5")
