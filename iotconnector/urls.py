@@ -1,9 +1,12 @@
 from django.http import HttpResponse
 from django.urls import include, path
 
+from provisioning import longpoll
+
 
 def healthz(request):
-    return HttpResponse("ok", content_type="text/plain")
+    """Liveness for load balancers and scripts/serve, with the long polls this process holds."""
+    return HttpResponse(f"ok\nwaiting_polls {len(longpoll.hub)}\n", content_type="text/plain")
 
 
 urlpatterns = [

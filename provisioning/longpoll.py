@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils.http import http_date, parse_http_date_safe
 
 from provisioning.wire import WireError, encode_pairs
@@ -113,6 +113,16 @@ def read_current(wait: PollWait) -> tuple[str, int] | None:
     return None
 
 
+def reread(wait: PollWait) -> tuple[str, int] | None:
+    """`read_current` from the front's thread pool, outside any request: the connection is
+    looked after as a request would (reused within CONN_MAX_AGE, else closed)."""
+    close_old_connections()
+    try:
+        return read_current(wait)
+    finally:
+        close_old_connections()
+
+
 def wait_in_thread(wait: PollWait) -> tuple[str, int] | None:
     """Plain WSGI only: hold the thread, re-reading, until a newer value or the deadline."""
     while (remaining := wait.deadline - time.monotonic()) > 0:
@@ -133,24 +143,29 @@ class Hub:
     loop: asyncio.AbstractEventLoop | None = None
     ready: asyncio.Event | None = None  # set once wake-ups from other processes arrive
     listener: asyncio.Task | None = None
+    count: int = 0  # waiting polls (read by /healthz from another thread)
 
     def __len__(self) -> int:
-        return sum(len(futures) for futures in self.waiters.values())
+        return self.count
 
     def register(self, key: Key) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(key, set()).add(future)
+        self.count += 1
         return future
 
     def discard(self, key: Key, future: asyncio.Future) -> None:
         futures = self.waiters.get(key)
-        if futures is not None:
+        if futures is not None and future in futures:
             futures.discard(future)
+            self.count -= 1
             if not futures:
                 del self.waiters[key]
 
     def wake(self, key: Key) -> None:
-        for future in self.waiters.pop(key, ()):
+        futures = self.waiters.pop(key, ())
+        self.count -= len(futures)
+        for future in futures:
             if not future.done():
                 future.set_result(None)
 
@@ -264,7 +279,7 @@ async def park(wait: PollWait, receive, run_sync) -> tuple[str, int] | None | bo
     try:
         while True:
             future = hub.register(wait.key)
-            if (found := await run_sync(read_current, wait)) is not None:
+            if (found := await run_sync(reread, wait)) is not None:
                 return found
             remaining = wait.deadline - time.monotonic()
             if remaining <= 0:

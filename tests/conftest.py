@@ -149,7 +149,7 @@ class FrontServer:
 
 
 @pytest.fixture(scope="session")
-def live_server(django_db_setup, django_db_blocker):
+def live_server(django_db_setup, django_db_blocker, live_server_db_cleanup):
     with django_db_blocker.unblock():
         server = FrontServer()
     yield server

@@ -231,7 +231,10 @@ def test_gdc_http_poll(device):
         threading.Event().wait(0.05)
         assert device.write("temp=42").status_code == 204
         assert polling.result(timeout=30) == "[200] temp=42"
-    assert gdc(host, "-k", device.token, "http", "poll", "temp", "200", "9999999999") == "[304] Not modified"
+    assert (
+        gdc(host, "-k", device.token, "http", "poll", "temp", "200", "9999999999")
+        == "[304] Not modified"
+    )
 
 
 def test_without_the_front_a_poll_waits_in_its_thread(connector):
@@ -249,3 +252,96 @@ def test_without_the_front_a_poll_waits_in_its_thread(connector):
     assert client.write(token, "temp=5").status_code == 204
     answered = client.read(token, "temp", HTTP_REQUEST_TIMEOUT="60000", HTTP_IF_MODIFIED_SINCE="0")
     assert (answered.status_code, answered.content) == (200, b"temp=5")
+
+
+# --- Across server processes (PostgreSQL) -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py`, the production command, on the
+    test database."""
+
+    def __init__(self, database_url: str):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from django.conf import settings
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root = Path(__file__).resolve().parent.parent
+        env = {
+            **__import__("os").environ,
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(settings.DATA_DIR),
+            "WEB_CONCURRENCY": "1",
+        }
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.process = subprocess.Popen(
+            [str(gunicorn), "iotconnector.asgi", "-c", "deploy/gunicorn.conf.py"]
+            + ["--bind", f"127.0.0.1:{self.port}", "--access-logfile", "/dev/null"],
+            cwd=root,
+            env=env,
+        )
+        for _ in range(200):
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("the server process did not start")
+
+    def wait_for_waiters(self, count: int) -> None:
+        for _ in range(400):
+            health = requests.get(f"{self.url}/healthz", timeout=5).text
+            if f"waiting_polls {count}\n" in health:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"expected {count} waiting polls: {health!r}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+@pytest.fixture
+def two_processes(transactional_db):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("wake-ups across processes are PostgreSQL's: runs in its pass of the suite")
+    params = connection.settings_dict
+    url = f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+    servers = [ServerProcess(url), ServerProcess(url)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_write_on_one_server_process_wakes_a_poll_on_another(two_processes):
+    first, second = two_processes
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "Two processes")
+    connector.devmode = True
+    connector.save()
+    define(connector, "temp", setpoint={"format": "number", "settable": True})
+    writer = activated(second, connector)
+    poller = Device_(first, connector, writer.token)
+    with ThreadPoolExecutor(2) as pool:
+        temp = pool.submit(poller.poll, "temp", 20_000)
+        setpoint = pool.submit(poller.poll, "setpoint", 20_000)
+        first.wait_for_waiters(2)  # both parked in the first process
+        assert writer.write("temp=30").status_code == 204
+        assert (temp.result(timeout=10).status_code, temp.result().text) == (200, "temp=30")
+        # A cloud set from a third process (this one) wakes it too.
+        device_services.set_state(Device.objects.get(connector=connector), {"setpoint": 12})
+        answer = setpoint.result(timeout=10)
+    assert (answer.status_code, answer.text) == (200, "setpoint=12")
