@@ -4,9 +4,10 @@
     .venv/bin/python scripts/bench_device_api.py [--seconds 10] [--connections 32]
 
 For SQLite and PostgreSQL in turn: a fresh database, the documented production server
-(gunicorn with deploy/gunicorn.conf.py), then wrk measures, in interleaved rounds (medians)
+(gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py), then wrk measures, in interleaved
+rounds (medians)
   baseline  GET /healthz on the management host (a no-op Django view, full middleware stack)
-  write     POST /onep:v1/stack/alias, token auth, one alias (SPEC §3), 200 devices in turn
+  write     POST /onep:v1/stack/alias, token auth, one defined alias (SPEC §3), 200 devices in turn
   activate  POST /provision/activate, a fresh whitelisted identity per request
 and prints requests/s and each ratio to the baseline measured in the same run. wrk comes from
 Debian (`apt install wrk`). Nothing here is asserted: it reports.
@@ -89,6 +90,10 @@ def prepare(env: dict) -> dict:
         from provisioning.services import activate_device
         user = User.objects.create_user("bench@example.com", "bench password 1234")
         connector = create_connector(user, "bench")
+        from devices.resources import check_definitions
+        connector.resources = check_definitions({{"temp": {{"format": "number"}}}})
+        connector.resources_version += 1
+        connector.save()
         tokens = []
         for n in range({WRITERS}):
             whitelist_device(connector, f"writer-{{n}}")
@@ -163,7 +168,7 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
     server = subprocess.Popen(
         [
             str(Path(PY).parent / "gunicorn"),
-            "iotconnector.wsgi",
+            "iotconnector.asgi",
             "-c",
             "deploy/gunicorn.conf.py",
             "--bind",
@@ -229,9 +234,9 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt install wrk")
-    workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count() * 2} (2 x cores)"
+    workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count() * 2} (2 x cores; 1 on SQLite)"
     print(
-        f"gunicorn deploy/gunicorn.conf.py: gthread, {workers} workers; "
+        f"gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py: {workers} workers; "
         f"wrk {WRK_THREADS} threads, {args.connections} connections, "
         f"{args.rounds} interleaved rounds of {args.seconds} s"
     )
