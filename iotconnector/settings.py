@@ -174,6 +174,13 @@ DATABASES["default"]["CONN_MAX_AGE"] = int(env.str("CONN_MAX_AGE", default="") o
 # No health check: it costs an extra round trip (SELECT 1) on every device request. A connection
 # broken by a database restart fails one request, is then closed and replaced.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django binds parameters client-side and turns psycopg's statement preparation off
+    # (prepare_threshold None), which also silently ignores an explicit `prepare=True`. The
+    # device API's few hot statements run on a server-side cursor with `prepare=True`
+    # (provisioning.auth.execute_prepared); a threshold nothing else reaches lets them be
+    # prepared while Django's own (client-side) queries stay as they are.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 2**31 - 1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {

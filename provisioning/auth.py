@@ -13,13 +13,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-import psycopg
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from connector import events, keys
 from connector.models import Connector, EventType
+from connector.sql import run as sql_run
 from devices.models import Device, DeviceActivity, DeviceAuthType
 from provisioning import longpoll, ratelimit
 from provisioning.models import AuthFailure
@@ -133,11 +133,10 @@ def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
         f"(SELECT f.count FROM {failure} f WHERE f.connector_id = c.id AND f.ip = %s"
         f" AND f.window_start = %s) FROM {table} c WHERE c.id = %s"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [ip, ratelimit.current_window(), connector_id])
-        row = cursor.fetchone()
-    if row is None:
+    rows = sql_run(sql, [ip, ratelimit.current_window(), connector_id])
+    if not rows:
         return None, 0
+    row = rows[0]
     values = dict(zip(CONNECTOR_FIELDS, row[:-1], strict=True))
     for name in ("ip_allowed", "resources"):
         if isinstance(values[name], str):
@@ -169,9 +168,7 @@ def _lookup_sql(where: str) -> str:
 
 
 def _fetch(where: str, params: list) -> list[DeviceContext]:
-    with connection.cursor() as cursor:
-        cursor.execute(_lookup_sql(where), params)
-        return [DeviceContext.from_row(row) for row in cursor.fetchall()]
+    return [DeviceContext.from_row(row) for row in sql_run(_lookup_sql(where), params)]
 
 
 def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | None:
@@ -299,7 +296,7 @@ def write_with_token(
         summary,
         payload,
     ]
-    return DeviceContext.from_row(row) if (row := execute_prepared(sql, params)) else None
+    return DeviceContext.from_row(rows[0]) if (rows := sql_run(sql, params)) else None
 
 
 @lru_cache(maxsize=64)
@@ -328,16 +325,3 @@ def _write_sql(hash_count: int, row_count: int) -> str:
         " %s::jsonb FROM ok) "
         "SELECT dev.* FROM dev, (SELECT count(*) FROM notified) AS n"
     )
-
-
-def execute_prepared(sql: str, params: list) -> tuple | None:
-    """Run a hot-path statement as a server-side prepared statement on PostgreSQL.
-
-    Django binds parameters client-side, so PostgreSQL parses and plans every statement
-    anew; for the one-statement write that planning cost more CPU than executing it. The
-    statement is prepared once per connection (psycopg keeps it) and reused.
-    """
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchone()

@@ -14,6 +14,7 @@ from connector import events, keys
 from connector.identity import identity_error
 from connector.models import AuthType, Connector, Event, EventType, now_us
 from connector.sql import insert_rows, insert_sql, typed_placeholders
+from connector.sql import run as sql_run
 from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
 from devices.resources import value_error
 from provisioning import auth, longpoll, ratelimit
@@ -224,10 +225,8 @@ def _claim_logged(connector_id, identity, fields, now, ip, event) -> int | None:
         f"SELECT {typed_placeholders(Event, events.COLUMNS)} FROM claimed) "
         f"SELECT id FROM claimed"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, ip, now, *event])
-        row = cursor.fetchone()
-    return row[0] if row else None
+    rows = sql_run(sql, [*params, ip, now, *event])
+    return rows[0][0] if rows else None
 
 
 def touch(device: DeviceContext, ip: str, now: int) -> None:
@@ -351,8 +350,7 @@ def write_values(device: DeviceContext, pairs: list[tuple[str, str]], ip: str) -
         # One statement, so one transaction, one round trip: values, their event, and the
         # notification that wakes long polls on them (delivered when it commits).
         sql = _write_sql(len(values))
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*(p for value in values for p in value), *event])
+        sql_run(sql, [*(p for value in values for p in value), *event], fetch=False)
     else:
         insert_rows(AliasValue, VALUE_COLUMNS, values, **UPSERT)
         insert_rows(Event, events.COLUMNS, [event])
