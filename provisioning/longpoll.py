@@ -229,7 +229,8 @@ async def start() -> None:
             log.warning("long polls: not listening for notifications yet")
 
 
-def _listen_params() -> dict:
+def connection_params() -> dict:
+    """psycopg connection arguments of the default database (for the loop's own connections)."""
     from django.db import connections
 
     params = connections["default"].get_connection_params()
@@ -245,7 +246,7 @@ async def _listen() -> None:
     """
     import psycopg
 
-    params = _listen_params()
+    params = connection_params()
     delay = 0.5
     while True:
         try:
