@@ -17,19 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from provisioning import longpoll
-from provisioning.fastwrite import FastWrite
 
 # Bodies larger than this are refused before Django sees them; smaller ones are spooled to a
 # temporary file past 1 MiB. (Device bodies are limited to 1 MiB by the device API.)
 MAX_BODY = 64 * 1024 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
-NO_CONTENT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 class Front:
     def __init__(self, wsgi_app, threads: int, initializer=None):
         self.app = wsgi_app
-        self.fast = FastWrite() if longpoll.uses_notify() else None
         self.executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="django", initializer=initializer
         )
@@ -55,14 +52,6 @@ class Front:
         loop = asyncio.get_running_loop()
         environ = build_environ(scope, body)
         environ["iot.front"] = True
-        if self.fast is not None and FastWrite.applies(scope):
-            data = body.read()
-            body.seek(0)
-            if await self.fast(environ, data):
-                body.close()
-                await send({"type": "http.response.start", "status": 204, "headers": NO_CONTENT})
-                await send({"type": "http.response.body", "body": b""})
-                return
         status, headers, chunks = await self.run_sync(run_wsgi, self.app, environ, send, loop)
         if status is None:
             return  # a streamed response, already sent from its thread
@@ -85,8 +74,6 @@ class Front:
             elif message["type"] == "lifespan.shutdown":
                 if longpoll.hub.listener is not None:
                     longpoll.hub.listener.cancel()
-                if self.fast is not None:
-                    await self.fast.close()
                 self.executor.shutdown(wait=False)
                 await send({"type": "lifespan.shutdown.complete"})
                 return

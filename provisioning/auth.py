@@ -216,15 +216,6 @@ def authenticate(request: HttpRequest, connector_id: str) -> DeviceContext | Htt
     return refusal_for(request, device) or device
 
 
-def is_refused(device: DeviceContext, secure: bool) -> bool:
-    """Whether `refusal_for` would refuse this device (the async write path's check)."""
-    return (
-        not (secure or device.devmode_connector or settings.DEVICE_API_INSECURE)
-        or ratelimit.is_limited(device.recent_failures)
-        or device.locked
-    )
-
-
 def refusal_for(request: HttpRequest, device: DeviceContext) -> HttpResponse | None:
     if not (request.is_secure() or device.devmode_connector or settings.DEVICE_API_INSECURE):
         return text(403, "plain HTTP is refused: use HTTPS")
@@ -266,27 +257,28 @@ def token_where(count: int) -> str:
     return f"NOT (d.secret_hash = '') AND d.secret_hash IN ({', '.join(['%s'] * count)})"
 
 
-def token_write_statement(
+def write_with_token(
+    request: HttpRequest,
     connector_id: str,
     token: str,
     rows: list[tuple],
     event: tuple,
     resources_version: int,
-    ip: str,
-    secure: bool,
-) -> tuple[str, list] | None:
-    """PostgreSQL: one statement that finds the device by token, checks it and stores a write
-    with its event. It returns the device's row when the token matched; the write happened
-    only if `is_refused` finds nothing and the connector's resources are still at
-    `resources_version`, the version the rows were checked against.
+) -> DeviceContext | None:
+    """PostgreSQL: find the device by token, check it and store a write with its event, all in
+    one statement. Returns the device when it matched (written only if `refusal_for` finds
+    nothing to refuse and the connector's resources are still at `resources_version`, the
+    version the rows were checked against), else None.
 
     The device API's most frequent request thus costs one round trip; every refusal is
     answered by the ordinary two-step path, which finds the same device (or none) again.
-    None: not a token this statement can look up.
     """
     if not TOKEN_RE.fullmatch(token):
         return None
+    ip = client_ip(request)
     hashes = keys.candidate_hashes(token)
+    sql = _write_sql(len(hashes), len(rows))
+    secure = request.is_secure() or settings.DEVICE_API_INSECURE
     _connector, when, kind, _identity, _ip, _actor, _email, summary, payload = event
     params = [
         ip,
@@ -294,7 +286,7 @@ def token_write_statement(
         connector_id,
         DeviceAuthType.TOKEN,
         *hashes,
-        secure or settings.DEVICE_API_INSECURE,
+        secure,
         settings.DEVICE_AUTH_FAILURE_LIMIT,
         resources_version,
         *(value for row in rows for value in row),
@@ -304,7 +296,7 @@ def token_write_statement(
         summary,
         payload,
     ]
-    return _write_sql(len(hashes), len(rows)), params
+    return DeviceContext.from_row(rows[0]) if (rows := sql_run(sql, params)) else None
 
 
 @lru_cache(maxsize=64)

@@ -229,8 +229,7 @@ async def start() -> None:
             log.warning("long polls: not listening for notifications yet")
 
 
-def connection_params() -> dict:
-    """psycopg connection arguments of the default database (for the loop's own connections)."""
+def _listen_params() -> dict:
     from django.db import connections
 
     params = connections["default"].get_connection_params()
@@ -246,7 +245,7 @@ async def _listen() -> None:
     """
     import psycopg
 
-    params = connection_params()
+    params = _listen_params()
     delay = 0.5
     while True:
         try:

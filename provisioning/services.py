@@ -231,16 +231,15 @@ def _claim_logged(connector_id, identity, fields, now, ip, event) -> int | None:
 
 def touch(device: DeviceContext, ip: str, now: int) -> None:
     """Record last IP / last seen in the narrow activity row, at most once a minute."""
-    if (statement := touch_statement(device, ip, now)) is not None:
-        sql_run(*statement, fetch=False)
-
-
-def touch_statement(device: DeviceContext, ip: str, now: int) -> tuple[str, list] | None:
     if device.last_ip == ip and now - (device.last_seen or 0) < ACTIVITY_EVERY_US:
-        return None
-    columns = ["device_id", "last_ip", "last_seen"]
-    sql = insert_sql(DeviceActivity, columns, 1, conflict=["device_id"], update=columns[1:])
-    return sql, [device.pk, ip, now]
+        return
+    insert_rows(
+        DeviceActivity,
+        ["device_id", "last_ip", "last_seen"],
+        [(device.pk, ip, now)],
+        conflict=["device_id"],
+        update=["last_ip", "last_seen"],
+    )
 
 
 def _short(value: str) -> str:
@@ -289,11 +288,9 @@ def write_event(connector_id: str, identity: str, pairs, ip: str, ignored=()):
     )
 
 
-def token_write(connector_id: str, token: str, pairs, ip: str, secure: bool):
-    """PostgreSQL fast path, first half: the one statement that authenticates and writes
-    (provisioning.auth.token_write_statement), as (sql, params, resources version, now).
-    None: take the ordinary path (definitions not cached yet, a value to refuse, nothing to
-    store, not a token)."""
+def write_with_token(request, connector_id: str, token: str, pairs, ip: str):
+    """PostgreSQL fast path (see provisioning.auth.write_with_token): authenticate and write
+    in one statement. Returns the matched device, or None to take the ordinary path."""
     cached = _RESOURCES.get(connector_id)
     if cached is None:
         return None  # the ordinary path learns the definitions
@@ -305,38 +302,17 @@ def token_write(connector_id: str, token: str, pairs, ip: str, secure: bool):
     if not stored:
         return None
     now = now_us()
-    statement = auth.token_write_statement(
+    device = auth.write_with_token(
+        request,
         connector_id,
         token,
         [(a, reported, set_value, now) for a, reported, set_value in stored],
         write_event(connector_id, "", pairs, ip, ignored),
         version,
-        ip,
-        secure,
     )
-    return None if statement is None else (*statement, version, now)
-
-
-def token_written(connector_id: str, rows: list[tuple], version: int) -> DeviceContext | None:
-    """Second half: the matched device, or None when nothing matched or the definitions had
-    changed (nothing was written; the cache learns the new ones)."""
-    if not rows:
-        return None
-    device = DeviceContext.from_row(rows[0])
-    if device.resources_version != version:
+    if device is not None and device.resources_version != version:
         _RESOURCES[connector_id] = (device.resources_version, device.resources)
-        return None
-    return device
-
-
-def write_with_token(request, connector_id: str, token: str, pairs, ip: str):
-    """PostgreSQL: authenticate and write in one statement. Returns the matched device (the
-    write happened unless `refusal_for` refuses it), or None to take the ordinary path."""
-    prepared = token_write(connector_id, token, pairs, ip, request.is_secure())
-    if prepared is None:
-        return None
-    sql, params, version, now = prepared
-    device = token_written(connector_id, sql_run(sql, params), version)
+        return None  # definitions changed: nothing was written; the ordinary path writes
     if device is not None and auth.refusal_for(request, device) is None:
         touch(device, ip, now)
     return device
