@@ -144,6 +144,7 @@ class Hub:
     ready: asyncio.Event | None = None  # set once wake-ups from other processes arrive
     listener: asyncio.Task | None = None
     count: int = 0  # waiting polls (read by /healthz from another thread)
+    closing: bool = False  # the server is stopping: polls answer 304 now
 
     def __len__(self) -> int:
         return self.count
@@ -172,6 +173,10 @@ class Hub:
     def wake_all(self) -> None:
         for key in list(self.waiters):
             self.wake(key)
+
+    def close(self) -> None:
+        self.closing = True
+        self.wake_all()
 
     def wake_from_thread(self, keys: list[Key]) -> None:
         loop = self.loop
@@ -282,14 +287,14 @@ async def park(wait: PollWait, receive, run_sync) -> tuple[str, int] | None | bo
             if (found := await run_sync(reread, wait)) is not None:
                 return found
             remaining = wait.deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or hub.closing:
                 return None
             done, _ = await asyncio.wait(
                 {future, disconnected}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             if disconnected in done:
                 return False
-            if not done:
+            if not done or hub.closing:
                 return None
             # Woken: register again, re-read, and answer or go on waiting.
     finally:

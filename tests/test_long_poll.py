@@ -345,3 +345,25 @@ def test_a_write_on_one_server_process_wakes_a_poll_on_another(two_processes):
         device_services.set_state(Device.objects.get(connector=connector), {"setpoint": 12})
         answer = setpoint.result(timeout=10)
     assert (answer.status_code, answer.text) == (200, "setpoint=12")
+
+
+def test_a_graceful_stop_answers_parked_polls_at_once(two_processes):
+    """SIGTERM (a deploy, a reload): parked polls get their 304 now instead of holding the
+    worker until gunicorn kills it mid-answer."""
+    first, _second = two_processes
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "Restart")
+    connector.devmode = True
+    connector.save()
+    define(connector, "temp")
+    device = activated(first, connector)
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(device.poll, "temp", 120_000)
+        first.wait_for_waiters(1)
+        started = time.monotonic()
+        first.process.terminate()
+        response = polling.result(timeout=20)
+        first.process.wait(20)
+    assert response.status_code == 304
+    assert time.monotonic() - started < 10  # not the two minutes asked for
+    assert first.process.returncode == 0
