@@ -184,20 +184,23 @@ def _provisioned(auth_type: str, credential: str) -> Outcome:
 def _claim_sql(connector_id: str, identity: str, fields: dict, now: int) -> tuple[str, list]:
     """The one-time step as one conditional UPDATE: of concurrent activations of an identity,
     only one can still find it whitelisted (in its window) or flagged for reprovision."""
-    qn = connection.ops.quote_name
-    table = qn(Device._meta.db_table)
-    sets = ", ".join(f"{qn(name)} = %s" for name in fields)
     values = [
         connection.ops.adapt_datetimefield_value(v) if name == "provisioned_at" else v
         for name, v in fields.items()
     ]
-    sql = (
-        f"UPDATE {table} SET {sets} WHERE connector_id = %s AND identity = %s"  # noqa: S608
-        " AND locked = %s AND (state = %s OR (state = %s AND (expire IS NULL OR expire >= %s)))"
-        " RETURNING id"
-    )
     params = [*values, connector_id, identity, False, Status.REPROVISION, Status.WHITELISTED, now]
-    return sql, params
+    return _claim_text(connection.vendor, tuple(fields)), params
+
+
+@lru_cache(maxsize=8)
+def _claim_text(vendor: str, names: tuple[str, ...]) -> str:
+    qn = connection.ops.quote_name
+    sets = ", ".join(f"{qn(name)} = %s" for name in names)
+    return (
+        f"UPDATE {qn(Device._meta.db_table)} SET {sets}"  # noqa: S608
+        " WHERE connector_id = %s AND identity = %s AND locked = %s"
+        " AND (state = %s OR (state = %s AND (expire IS NULL OR expire >= %s))) RETURNING id"
+    )
 
 
 def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | None:
@@ -211,11 +214,17 @@ def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | No
 def _claim_logged(connector_id, identity, fields, now, ip, event) -> int | None:
     """PostgreSQL: claim, last-seen row and event in one statement (one implicit
     transaction, one round trip). None when the identity could not be claimed."""
-    qn = connection.ops.quote_name
     claim, params = _claim_sql(connector_id, identity, fields, now)
+    rows = sql_run(_claim_logged_text(claim), [*params, ip, now, *event])
+    return rows[0][0] if rows else None
+
+
+@lru_cache(maxsize=8)
+def _claim_logged_text(claim: str) -> str:
+    qn = connection.ops.quote_name
     activity = qn(DeviceActivity._meta.db_table)
     # Only table/column names from the models and placeholders: values are parameters.
-    sql = (
+    return (
         f"WITH claimed AS ({claim}), "  # noqa: S608
         f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen) "
         f"SELECT id, %s::inet, %s::bigint FROM claimed ON CONFLICT (device_id) DO UPDATE SET "
@@ -225,8 +234,6 @@ def _claim_logged(connector_id, identity, fields, now, ip, event) -> int | None:
         f"SELECT {typed_placeholders(Event, events.COLUMNS)} FROM claimed) "
         f"SELECT id FROM claimed"
     )
-    rows = sql_run(sql, [*params, ip, now, *event])
-    return rows[0][0] if rows else None
 
 
 def touch(device: DeviceContext, ip: str, now: int) -> None:
