@@ -98,6 +98,29 @@ def test_tutorial_self_signed_certificate_through_nginx(connector_tls):
     assert Device.objects.get().activity.last_ip == "127.0.0.1"
 
 
+def test_long_poll_through_nginx_with_a_client_certificate(connector_tls):
+    """The poll waits behind nginx (the template's timeouts) and a device write wakes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import define
+    from tests.test_long_poll import wait_for_waiters
+
+    connector, base, folder = connector_tls
+    define(connector, "myalias")
+    device_services.whitelist_device(connector, "00000005")
+    cert, key = openssl_self_signed(folder, "00000005")
+    url = f"{base}/onep:v1/stack/alias"
+    assert curl(folder, url, "-d", "myalias=1", cert=cert, key=key)[0] == 204
+    poll = ("-H", "Request-Timeout: 20000")
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(curl, folder, f"{url}?myalias", *poll, cert=cert, key=key)
+        wait_for_waiters(1)
+        assert curl(folder, url, "-d", "myalias=2", cert=cert, key=key)[0] == 204
+        assert polling.result(timeout=20) == (200, "myalias=2")
+    status, body = curl(folder, f"{url}?myalias", "-H", "Request-Timeout: 300", cert=cert, key=key)
+    assert (status, body) == (304, "")
+
+
 def test_whitelisted_certificate_mismatch_and_self_registration(connector_tls):
     connector, base, folder = connector_tls
     expected, _ = make_cert("00000003")
