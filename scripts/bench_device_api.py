@@ -16,20 +16,18 @@ Debian (`apt install wrk`). Nothing here is asserted: it reports.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+from benchlib import PY, ROOT, seed
+
 # Writes come from this many devices in turn, as in the field: one device hammering one row
 # would measure row-lock waits, not the API.
 WRITERS = 200
@@ -76,24 +74,9 @@ ACTIVATE_LUA = textwrap.dedent(
 
 
 def prepare(env: dict) -> dict:
-    """Migrate, create a connector, a provisioned device and identities to activate."""
-    code = textwrap.dedent(
-        f"""
-        import io, json, django
-        django.setup()
-        from django.core.management import call_command
-        call_command("migrate", verbosity=0)
-        from connector.models import User
-        from connector.services import create_connector
-        from devices.importer import import_identities
+    """Migrate, create a connector, provisioned devices and identities to activate."""
+    code = f"""
         from devices.services import whitelist_device
-        from provisioning.services import activate_device
-        user = User.objects.create_user("bench@example.com", "bench password 1234")
-        connector = create_connector(user, "bench")
-        from devices.resources import check_definitions
-        connector.resources = check_definitions({{"temp": {{"format": "number"}}}})
-        connector.resources_version += 1
-        connector.save()
         tokens = []
         for n in range({WRITERS}):
             whitelist_device(connector, f"writer-{{n}}")
@@ -106,11 +89,7 @@ def prepare(env: dict) -> dict:
         assert report.ok, report.errors[:3]
         print(json.dumps({{"connector": connector.id, "tokens": tokens}}))
         """
-    )
-    out = subprocess.run([PY, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return seed(env, {"temp": {"format": "number"}}, code)
 
 
 def wrk(

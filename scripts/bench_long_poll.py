@@ -19,39 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+from benchlib import PY, ROOT, seed
 
 
 def prepare(env: dict, devices: int) -> dict:
     """Migrate; a connector with alias `cmd`; `devices` provisioned devices and their tokens."""
-    code = textwrap.dedent(
-        f"""
-        import io, json, django
-        django.setup()
-        from django.core.management import call_command
-        call_command("migrate", verbosity=0)
-        from connector.models import User
-        from connector.services import create_connector
-        from devices.importer import import_identities
-        from devices.resources import check_definitions
-        from provisioning.services import activate_device
-        user = User.objects.create_user("bench@example.com", "bench password 1234")
-        connector = create_connector(user, "bench")
-        connector.resources = check_definitions({{"cmd": {{"format": "number"}}}})
-        connector.resources_version += 1
-        connector.save()
+    code = f"""
         rows = "ID\\n" + "".join(f"poller-{{n}}\\n" for n in range({devices}))
         assert import_identities(connector, io.BytesIO(rows.encode())).ok
         tokens = [
@@ -60,11 +41,7 @@ def prepare(env: dict, devices: int) -> dict:
         ]
         print(json.dumps({{"connector": connector.id, "tokens": tokens}}))
         """
-    )
-    out = subprocess.run([PY, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return seed(env, {"cmd": {"format": "number"}}, code)
 
 
 class Server:
