@@ -55,6 +55,11 @@ class Front:
         if status is None:
             return  # a streamed response, already sent from its thread
         wait: longpoll.PollWait | None = environ.get("iot.longpoll")
+        if wait is not None and (refused := longpoll.refusal(wait)) is not None:
+            status, reason = refused
+            retry = [("Retry-After", str(longpoll.RETRY_AFTER_S))]
+            await send_plain(send, status, reason.encode(), encode_headers(retry))
+            return
         if wait is not None:
             found = await longpoll.park(wait, receive, self.run_sync)
             if found is False:
@@ -218,10 +223,11 @@ def run_wsgi(app, environ: dict, send, loop) -> tuple[int | None, list, list[byt
         environ["wsgi.input"].close()
 
 
-async def send_plain(send, status: int, body: bytes) -> None:
+async def send_plain(send, status: int, body: bytes, extra: list | None = None) -> None:
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", b"%d" % len(body)),
+        *(extra or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -251,6 +251,12 @@ X_FRAME_OPTIONS = "DENY"
 DEVICE_AUTH_FAILURE_LIMIT = env.int("DEVICE_AUTH_FAILURE_LIMIT", default=30)
 DEVICE_AUTH_FAILURE_WINDOW = env.int("DEVICE_AUTH_FAILURE_WINDOW", default=60)
 
+# Long polls waiting at once, per server process (beyond: 503 + Retry-After) and per device
+# (beyond: 429 + Retry-After): each holds an open connection, so a runaway client (or a
+# stolen token) cannot take them all.
+LONG_POLL_MAX_WAITING = env.int("LONG_POLL_MAX_WAITING", default=20_000)
+LONG_POLL_MAX_PER_DEVICE = env.int("LONG_POLL_MAX_PER_DEVICE", default=8)
+
 # Event log retention, applied by `manage.py prune_events` (0 turns a limit off).
 LOG_RETENTION_DAYS = env.int("LOG_RETENTION_DAYS", default=30)
 LOG_MAX_ROWS_PER_CONNECTOR = env.int("LOG_MAX_ROWS_PER_CONNECTOR", default=1_000_000)

@@ -145,6 +145,8 @@ class Hub:
     listener: asyncio.Task | None = None
     count: int = 0  # waiting polls (read by /healthz from another thread)
     closing: bool = False  # the server is stopping: polls answer 304 now
+    parked: dict[int, int] = field(default_factory=dict)  # polls per device, while parked
+    parked_total: int = 0
 
     def __len__(self) -> int:
         return self.count
@@ -272,16 +274,31 @@ async def _listen() -> None:
         delay = min(delay * 2, 10)
 
 
+RETRY_AFTER_S = 5
+
+
+def refusal(wait: PollWait) -> tuple[int, str] | None:
+    """(status, reason) when this poll may not wait now: too many in the process or for the
+    device. Checked in the event loop right before the poll is parked."""
+    if hub.parked_total >= settings.LONG_POLL_MAX_WAITING:
+        return 503, "too many long polls waiting on this server: retry later"
+    if hub.parked.get(wait.device_pk, 0) >= settings.LONG_POLL_MAX_PER_DEVICE:
+        return 429, "too many long polls waiting for this device"
+    return None
+
+
 async def park(wait: PollWait, receive, run_sync) -> tuple[str, int] | None | bool:
     """Wait in the event loop for a newer value of the polled alias.
 
     Returns (value, timestamp) to answer with, None when the time ran out, False when the
     client went away. `run_sync` runs a function in a thread of the server's pool.
     """
-    await start()
+    hub.parked[wait.device_pk] = hub.parked.get(wait.device_pk, 0) + 1
+    hub.parked_total += 1
     disconnected = asyncio.ensure_future(_disconnect(receive))
     future = None
     try:
+        await start()
         while True:
             future = hub.register(wait.key)
             if (found := await run_sync(reread, wait)) is not None:
@@ -301,6 +318,11 @@ async def park(wait: PollWait, receive, run_sync) -> tuple[str, int] | None | bo
         if future is not None:
             hub.discard(wait.key, future)
         disconnected.cancel()
+        hub.parked_total -= 1
+        if (left := hub.parked[wait.device_pk] - 1) > 0:
+            hub.parked[wait.device_pk] = left
+        else:
+            del hub.parked[wait.device_pk]
 
 
 async def _disconnect(receive) -> None:

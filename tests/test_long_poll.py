@@ -212,7 +212,42 @@ def test_a_client_that_disconnects_while_waiting_leaves_nothing_behind(device, l
     assert device.write("temp=4").status_code == 204
 
 
-def test_many_polls_on_one_alias_are_all_woken(device):
+def park_raw(server, device, count: int) -> list[socket.socket]:
+    """`count` polls parked over raw sockets (closed by the caller)."""
+    request = (
+        "GET /onep:v1/stack/alias?temp HTTP/1.1\r\n"
+        f"Host: {device.host}\r\nX-Exosite-CIK: {device.token}\r\n"
+        "Request-Timeout: 60000\r\n\r\n"
+    ).encode()
+    clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(count)]
+    for client in clients:
+        client.sendall(request)
+    return clients
+
+
+def test_polls_per_device_and_per_process_are_capped(device, live_server, settings):
+    settings.LONG_POLL_MAX_PER_DEVICE = 2
+    settings.LONG_POLL_MAX_WAITING = 3
+    other = activated(live_server, device.connector, "00000002")
+    clients = park_raw(live_server, device, 2)
+    try:
+        wait_for_waiters(2)
+        refused = device.poll("temp", 10_000)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+        clients += park_raw(live_server, other, 1)  # another device still may
+        wait_for_waiters(3)
+        full = other.poll("temp", 10_000)
+        assert full.status_code == 503 and full.headers["Retry-After"] == "5"
+    finally:
+        for client in clients:
+            client.close()
+    wait_for_waiters(0)
+    assert longpoll.hub.parked == {} and longpoll.hub.parked_total == 0
+    assert device.poll("temp", 0).status_code == 304  # room again
+
+
+def test_many_polls_on_one_alias_are_all_woken(device, settings):
+    settings.LONG_POLL_MAX_PER_DEVICE = 20
     with ThreadPoolExecutor(20) as pool:
         polls = [pool.submit(device.poll, "temp", 20_000) for _ in range(20)]
         wait_for_waiters(20)
