@@ -402,3 +402,34 @@ def test_a_graceful_stop_answers_parked_polls_at_once(two_processes):
     assert response.status_code == 304
     assert time.monotonic() - started < 10  # not the two minutes asked for
     assert first.process.returncode == 0
+
+
+def test_a_write_while_the_listen_connection_is_down_still_answers_the_poll(device):
+    """PostgreSQL: notifications sent while the LISTEN connection is down are lost; after it
+    reconnects every parked poll re-reads, so the poll still gets the value."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's: runs in its pass of the suite")
+
+    def listener_pids() -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query = %s", [f"LISTEN {longpoll.CHANNEL}"]
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(device.poll, "temp", 20_000)
+        wait_for_waiters(1)
+        [listener] = listener_pids()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [listener])
+        assert device.write("temp=77").status_code == 204  # its NOTIFY reaches no one
+        response = polling.result(timeout=15)
+    assert (response.status_code, response.text) == (200, "temp=77")
+    for _ in range(100):  # listening again
+        if listener_pids():
+            break
+        time.sleep(0.05)
+    assert listener_pids() and listener_pids() != [listener]
