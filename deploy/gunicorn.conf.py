@@ -33,7 +33,8 @@ else:
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
-# Headers: the forwarded client certificate can be a few KiB.
-limit_request_field_size = 16384
+# Request headers are parsed by uvicorn (httptools), which sets no size limit of its own: in
+# production nginx is in front and limits them (large_client_header_buffers); a forwarded
+# client certificate header is a few KiB. gunicorn's limit_request_* settings do not apply.
 accesslog = "-"
 errorlog = "-"
