@@ -8,26 +8,11 @@ waiting long polls, plus WEB_THREADS threads that run Django.
 
 import multiprocessing
 import os
-import sys
 
 worker_class = "iotconnector.worker.Worker"
-
-
-def _database_is_sqlite() -> bool:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotconnector.settings")
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from django.conf import settings
-
-    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-
-
-if _database_is_sqlite():
-    # SQLite has one writer, and long-poll wake-ups on SQLite stay inside one process.
-    if int(os.environ.get("WEB_CONCURRENCY") or 1) != 1:
-        print("gunicorn.conf: SQLite runs one worker; WEB_CONCURRENCY ignored", file=sys.stderr)
-    workers = 1
-else:
-    workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2)
+# Long-poll wake-ups reach every worker: PostgreSQL NOTIFY, or datagrams between the workers
+# of one DATA_DIR on SQLite (provisioning.wakebus).
+workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2)
 # A worker that stops answering its heartbeat is replaced. Waiting long polls do not count:
 # they are parked in the event loop, not in a thread.
 timeout = 60

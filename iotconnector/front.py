@@ -76,8 +76,7 @@ class Front:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if longpoll.hub.listener is not None:
-                    longpoll.hub.listener.cancel()
+                longpoll.stop()
                 self.pool.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

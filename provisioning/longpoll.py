@@ -7,23 +7,24 @@ until the alias changes or the time runs out.
 
 Wake-ups are hints: a woken poll re-reads the value before it answers, and a poll registers
 its waiter before that re-read, so a change between the read and the wait is never lost.
-They reach every process: in-process (`announce` after the commit) for SQLite, which runs one
-server process; on PostgreSQL, `pg_notify` sent by the writing statement itself and one
-`LISTEN` connection per server process.
+They reach every process. On SQLite: in-process after the commit, and to the other server
+processes over datagram sockets (`provisioning.wakebus`). On PostgreSQL: `pg_notify` sent by
+the writing statement itself and one `LISTEN` connection per server process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils.http import http_date, parse_http_date_safe
 
+from provisioning.wakebus import WakeBus
 from provisioning.wire import WireError, encode_pairs
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,6 @@ class Hub:
 
 
 hub = Hub()
-_start_lock = threading.Lock()
 
 
 def uses_notify() -> bool:
@@ -209,15 +209,33 @@ def announce(device_pk: int, aliases: list[str]) -> None:
                 [CHANNEL, [f"{device_pk}:{alias}" for alias in aliases]],
             )
     else:
-        keys = [(device_pk, alias) for alias in aliases]
-        transaction.on_commit(lambda: hub.wake_from_thread(keys))
+        announce_local(device_pk, aliases)
 
 
 def announce_local(device_pk: int, aliases: list[str]) -> None:
-    """After a statement that sent its own `pg_notify`: in-process wake-up only on SQLite."""
+    """SQLite (PostgreSQL statements send their own `pg_notify`): after the commit, wake this
+    process's polls and tell the other server processes."""
     if aliases and connection.vendor != "postgresql":
         keys = [(device_pk, alias) for alias in aliases]
-        transaction.on_commit(lambda: hub.wake_from_thread(keys))
+        transaction.on_commit(lambda: _wake_everywhere(keys))
+
+
+def _wake_everywhere(keys: list[Key]) -> None:
+    hub.wake_from_thread(keys)
+    bus().send(keys)
+
+
+@lru_cache(maxsize=1)
+def bus() -> WakeBus:
+    return WakeBus(settings.DATA_DIR)
+
+
+def stop() -> None:
+    """Server shutdown (in the loop): stop listening for wake-ups from other processes."""
+    if hub.listener is not None:
+        hub.listener.cancel()
+    if bus.cache_info().currsize:
+        bus().close()
 
 
 async def start() -> None:
@@ -228,6 +246,7 @@ async def start() -> None:
         if uses_notify():
             hub.listener = asyncio.create_task(_listen())
         else:
+            bus().listen(hub.loop, lambda keys: [hub.wake(key) for key in keys])
             hub.ready.set()
     if not hub.ready.is_set():
         try:  # a poll registered before LISTEN could miss its notification

@@ -3,10 +3,10 @@
 
     .venv/bin/python scripts/bench_long_poll.py [--polls 5000] [--wakes 500]
 
-For SQLite (one server process: polls and writes on it) and PostgreSQL (two server processes:
-polls held by the first, writes sent to the second, so every wake-up crosses processes through
-LISTEN/NOTIFY), each with the documented production command (gunicorn iotconnector.asgi with
-deploy/gunicorn.conf.py, one worker per server here):
+For SQLite in one server process (polls and writes on it), SQLite across two (polls held by the
+first, writes sent to the second: wake-ups cross over datagrams) and PostgreSQL across two
+(through LISTEN/NOTIFY), each with the documented production command (gunicorn
+iotconnector.asgi with deploy/gunicorn.conf.py, one worker per server here):
   1. every device opens a poll (`Request-Timeout: 120000`) on its own alias; the script waits
      until the server reports them all parked (/healthz), then reads the worker's RSS;
   2. `--wakes` times, one device writes its alias and the script measures from the write's

@@ -144,6 +144,8 @@ class FrontServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        # An exception in the app's lifespan shutdown is only logged by uvicorn.
+        assert not self.server.lifespan.error_occurred, "the lifespan shutdown failed"
         for conn in self._shared.values():
             conn.dec_thread_sharing()
 

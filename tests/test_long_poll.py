@@ -4,6 +4,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -300,9 +301,9 @@ def free_port() -> int:
 
 class ServerProcess:
     """`gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py`, the production command, on the
-    test database."""
+    test database (or the database and DATA_DIR of `env`)."""
 
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str | None, env: dict | None = None):
         import subprocess
         import sys
         from pathlib import Path
@@ -312,12 +313,12 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         root = Path(__file__).resolve().parent.parent
-        env = {
+        env = env or {
             **__import__("os").environ,
             "DATABASE_URL": database_url,
             "DATA_DIR": str(settings.DATA_DIR),
-            "WEB_CONCURRENCY": "1",
         }
+        env = {**env, "WEB_CONCURRENCY": "1"}
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.process = subprocess.Popen(
             [str(gunicorn), "iotconnector.asgi", "-c", "deploy/gunicorn.conf.py"]
@@ -433,3 +434,76 @@ def test_a_write_while_the_listen_connection_is_down_still_answers_the_poll(devi
             break
         time.sleep(0.05)
     assert listener_pids() and listener_pids() != [listener]
+
+
+@pytest.fixture
+def sqlite_processes(tmp_path):
+    """Two production server processes on one SQLite file (their own DATA_DIR), a connector,
+    and a provisioned device's token."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's wake-ups between processes: runs in the SQLite pass of the suite")
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {"DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "iotconnector.settings"}
+    seed = """
+import json, django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from connector.models import User
+from connector.services import create_connector
+from devices.resources import check_definitions
+from devices.services import whitelist_device
+from provisioning.services import activate_device
+connector = create_connector(User.objects.create_user("m@example.com", "pw-123456789"), "Two")
+connector.devmode = True
+connector.resources = check_definitions({"temp": {}})
+connector.resources_version += 1
+connector.save()
+whitelist_device(connector, "00000001")
+token = activate_device(connector, "00000001", None, "127.0.0.1", secure=False).body
+print(json.dumps({"connector": connector.id, "token": token}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", seed], env=env, cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    servers = [ServerProcess(None, env), ServerProcess(None, env)]
+    yield servers, SimpleNamespace(id=info["connector"]), info["token"]
+    for server in servers:
+        server.stop()
+
+
+def test_sqlite_a_write_on_one_server_process_wakes_a_poll_on_another(sqlite_processes):
+    (first, second), connector, token = sqlite_processes
+    poller, writer = Device_(first, connector, token), Device_(second, connector, token)
+    with ThreadPoolExecutor(1) as pool:
+        polling = pool.submit(poller.poll, "temp", 20_000)
+        first.wait_for_waiters(1)
+        assert writer.write("temp=31").status_code == 204
+        response = polling.result(timeout=10)
+    assert (response.status_code, response.text) == (200, "temp=31")
+
+
+def test_wake_bus_forgets_a_process_that_died_and_ignores_junk(tmp_path):
+    from provisioning.wakebus import WakeBus, decode, encode
+
+    bus = WakeBus(tmp_path)
+    (tmp_path / "wake").mkdir()
+    (tmp_path / "wake" / "999999999").touch()  # a marker whose process is gone
+    try:
+        bus.send([(1, "temp")])
+    finally:
+        bus.close()
+    assert not (tmp_path / "wake" / "999999999").exists()
+    assert decode(encode([(7, "a:b"), (8, "ü")])) == [(7, "a:b"), (8, "ü")]
+    assert decode(b"x:1\n:a\n12\n\xff\xfe:z\n5:") == []
