@@ -169,6 +169,7 @@ async def run(args, host: str, tokens: list[str], poll_port: int, write_port: in
         "p50": statistics.median(latencies),
         "p99": latencies[int(len(latencies) * 0.99) - 1],
         "max": latencies[-1],
+        "worst": [round(x, 1) for x in latencies[-5:]],
         "wrong": wrong,
         "left": left,
     }
@@ -193,6 +194,7 @@ def backend(name: str, env: dict, args, two_processes: bool) -> None:
         f"worker RSS {result['rss_mb']:.0f} MB\n"
         f"  wake-up, write response -> poll response, {args.wakes} writes: "
         f"p50 {result['p50']:.1f} ms  p99 {result['p99']:.1f} ms  max {result['max']:.1f} ms"
+        f" (worst five: {result['worst']})"
         f"  {result['wrong']} wrong answers\n"
         f"  after the clients disconnected: {result['left']} polls left on the server"
     )
@@ -217,9 +219,9 @@ def main() -> None:
             "DJANGO_SETTINGS_MODULE": "iotconnector.settings",
         }
         if args.only in (None, "sqlite"):
-            backend(
-                "sqlite", {**env, "DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3"}, args, False
-            )
+            for two in (False, True):
+                db = f"sqlite:///{tmp}/bench-{int(two)}.sqlite3"
+                backend("sqlite", {**env, "DATABASE_URL": db}, args, two)
         if args.only in (None, "postgresql"):
             psql = ["psql", args.postgres, "-qc"]
             subprocess.run([*psql, "DROP DATABASE IF EXISTS bench_long_poll"], capture_output=True)
