@@ -8,11 +8,25 @@ waiting long polls, plus WEB_THREADS threads that run Django.
 
 import multiprocessing
 import os
+import sys
 
 worker_class = "iotconnector.worker.Worker"
-# Long-poll wake-ups reach every worker: PostgreSQL NOTIFY, or datagrams between the workers
-# of one DATA_DIR on SQLite (provisioning.wakebus).
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2)
+
+
+def _database_is_sqlite() -> bool:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotconnector.settings")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from django.conf import settings
+
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
+
+# Workers: 2 x cores on PostgreSQL. SQLite has a single writer: more processes only queue on
+# its lock (activations then wait up to half a second), so it runs one unless WEB_CONCURRENCY
+# says otherwise. Long-poll wake-ups reach every worker either way: PostgreSQL NOTIFY, or
+# datagrams between the workers of one DATA_DIR (provisioning.wakebus).
+default_workers = 1 if _database_is_sqlite() else multiprocessing.cpu_count() * 2
+workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers)
 # A worker that stops answering its heartbeat is replaced. Waiting long polls do not count:
 # they are parked in the event loop, not in a thread.
 timeout = 60

@@ -213,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt install wrk")
-    workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count() * 2} (2 x cores)"
+    workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count() * 2} (2 x cores; 1 on SQLite)"
     print(
         f"gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py: {workers} workers; "
         f"wrk {WRK_THREADS} threads, {args.connections} connections, "
