@@ -32,7 +32,6 @@ from benchlib import PY, ROOT, seed
 # would measure row-lock waits, not the API.
 WRITERS = 200
 IDENTITIES_PER_ROUND = 10_000  # per wrk thread: far more than one round activates
-IDENTITIES_PER_THREAD = 5 * IDENTITIES_PER_ROUND
 WRK_THREADS = 2
 
 WRITE_LUA = textwrap.dedent(
@@ -73,7 +72,7 @@ ACTIVATE_LUA = textwrap.dedent(
 )
 
 
-def prepare(env: dict) -> dict:
+def prepare(env: dict, rounds: int) -> dict:
     """Migrate, create a connector, provisioned devices and identities to activate."""
     code = f"""
         from devices.services import whitelist_device
@@ -82,7 +81,7 @@ def prepare(env: dict) -> dict:
             whitelist_device(connector, f"writer-{{n}}")
             tokens.append(
                 activate_device(connector, f"writer-{{n}}", None, "127.0.0.1", secure=True).body)
-        per_thread = range(1, {IDENTITIES_PER_THREAD} + 1)
+        per_thread = range(1, {(rounds + 1) * IDENTITIES_PER_ROUND} + 1)
         rows = "ID\\n" + "".join(
             f"bench-{{t}}-{{n}}\\n" for t in range({WRK_THREADS}) for n in per_thread)
         report = import_identities(connector, io.BytesIO(rows.encode()))
@@ -141,7 +140,7 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
         "DJANGO_SETTINGS_MODULE": "iotconnector.settings",
         "DEVICE_AUTH_FAILURE_LIMIT": "1000000",
     }
-    info = prepare(env)
+    info = prepare(env, args.rounds)
     host = f"{info['connector']}.localhost"
     port = args.port
     server = subprocess.Popen(
