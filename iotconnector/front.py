@@ -20,16 +20,19 @@ from typing import Any
 
 from provisioning import longpoll
 
-# Bodies larger than this are refused before Django sees them; smaller ones are spooled to a
-# temporary file past 1 MiB. (Device bodies are limited to 1 MiB by the device API.)
-MAX_BODY = 64 * 1024 * 1024
+# Bodies are spooled to a temporary file past 1 MiB. The largest accepted is the largest CSV
+# import plus room for its multipart framing; the device API limits its own to 1 MiB.
 SPOOL_IN_MEMORY = 1024 * 1024
+MULTIPART_ROOM = 1024 * 1024
 
 
 class Front:
     def __init__(self, wsgi_app, threads: int, initializer=None):
+        from django.conf import settings
+
         self.app = wsgi_app
         self.pool = Pool(threads, initializer)
+        self.max_body = settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "http":
@@ -66,11 +69,12 @@ class Front:
         """Django's answer as (status, headers, body chunks, PollWait or None); None when it
         was sent already. Its request (environ, body) is dropped on return: a parked poll
         keeps only what it needs, which keeps the garbage collector's work small."""
-        body = await read_body(scope, receive)
+        body = await read_body(scope, receive, self.max_body)
         if body is None:
             return None  # gone before the request was complete
         if isinstance(body, int):
-            await send_plain(send, body, b"the body is larger than 64 MiB")
+            limit = f"the body is larger than {self.max_body // 1024 // 1024} MiB"
+            await send_plain(send, body, limit.encode())
             return None
         loop = asyncio.get_running_loop()
         environ = build_environ(scope, body)
@@ -146,10 +150,10 @@ def _settle(future: asyncio.Future, result, error) -> None:
         future.set_result(result)
 
 
-async def read_body(scope: dict, receive) -> Any:
+async def read_body(scope: dict, receive, max_body: int) -> Any:
     """The request body as a file; None when the client left, 413 when too large."""
     declared = dict(scope["headers"]).get(b"content-length", b"0")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if declared.isdigit() and int(declared) > max_body:
         return 413
     body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
     size = 0
@@ -160,7 +164,7 @@ async def read_body(scope: dict, receive) -> Any:
             return None
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > max_body:
             body.close()
             return 413
         body.write(chunk)
