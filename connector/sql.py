@@ -8,6 +8,7 @@ SQL text, values are always parameters.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -85,23 +86,40 @@ def insert_rows(
 
 
 def run(sql: str, params: Sequence, *, fetch: bool = True) -> list[tuple]:
-    """Execute one statement and return its rows.
+    """Execute one statement on the driver's own cursor and return its rows.
 
     On PostgreSQL as a server-side prepared statement: Django binds parameters client-side, so
     PostgreSQL would parse and plan each statement anew, which for the device API's CTEs cost
     more CPU than running them. psycopg prepares a statement once per connection (see
-    `prepare_threshold` in settings) and reuses it; the statements here are few and fixed.
+    `prepare_threshold` in settings) and reuses it; the statements here are few and fixed. On
+    SQLite the `?` form of the statement is cached instead of rewritten on every call.
+    Errors are Django's (IntegrityError, …), and the statement is logged where Django would
+    log it (DEBUG, or a test counting queries).
     """
-    if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall() if fetch else []
-    import psycopg
-
     connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall() if fetch else []
+    started = time.monotonic()
+    with connection.wrap_database_errors:
+        if connection.vendor == "postgresql":
+            import psycopg
+
+            with psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(sql, params, prepare=True)
+                rows = cursor.fetchall() if fetch else []
+        else:
+            cursor = connection.connection.execute(_qmark(sql), params)
+            rows = cursor.fetchall() if fetch else []
+            cursor.close()
+    if connection.queries_logged:
+        connection.queries_log.append(
+            {"sql": f"{sql} -- {list(params)!r}", "time": f"{time.monotonic() - started:.3f}"}
+        )
+    return rows
+
+
+@lru_cache(maxsize=256)
+def _qmark(sql: str) -> str:
+    """SQLite's placeholders (the statements here have no literal `%`)."""
+    return sql.replace("%s", "?")
 
 
 def typed_placeholders(model, columns: Sequence[str]) -> str:
