@@ -20,6 +20,12 @@ PASSWORD = "correct horse battery staple"
 django_settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip on a developer machine that lacks a part; fail in CI, where it must be there."""
     if not condition:

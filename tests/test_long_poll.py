@@ -16,7 +16,7 @@ from devices import services as device_services
 from devices.models import Device
 from provisioning import longpoll
 from provisioning.wire import WireError
-from tests.conftest import PASSWORD, define
+from tests.conftest import PASSWORD, define, free_port
 from tests.device_client import DeviceClient
 
 # --- Headers (pure) ---------------------------------------------------------------------------
@@ -291,12 +291,6 @@ def test_without_the_front_a_poll_waits_in_its_thread(connector):
 
 
 # --- Across server processes (PostgreSQL) -----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:

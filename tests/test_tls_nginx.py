@@ -3,7 +3,6 @@
 import datetime as dt
 import json
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,13 +16,7 @@ from devices import services as device_services
 from devices.models import Device
 from provisioning.tlsstack import nginx_config
 from tests.certs import key_pem, make_cert, openssl_self_signed, pem
-from tests.conftest import PASSWORD, basic, require
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import PASSWORD, basic, free_port, require
 
 
 @pytest.fixture
