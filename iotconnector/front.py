@@ -11,7 +11,9 @@ waiting polls cost no thread and no database connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
+import logging
 import queue
 import sys
 import tempfile
@@ -19,6 +21,8 @@ import threading
 from typing import Any
 
 from provisioning import longpoll
+
+log = logging.getLogger(__name__)
 
 # Bodies are spooled to a temporary file past 1 MiB. The largest accepted is the largest CSV
 # import plus room for its multipart framing; the device API limits its own to 1 MiB.
@@ -33,6 +37,7 @@ class Front:
         self.app = wsgi_app
         self.pool = Pool(threads, initializer)
         self.max_body = settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
+        self.batchers: dict[type, Batcher] = {}
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "http":
@@ -68,7 +73,11 @@ class Front:
     async def django(self, scope: dict, receive, send):
         """Django's answer as (status, headers, body chunks, PollWait or None); None when it
         was sent already. Its request (environ, body) is dropped on return: a parked poll
-        keeps only what it needs, which keeps the garbage collector's work small."""
+        keeps only what it needs, which keeps the garbage collector's work small.
+
+        A view may hand back a job to be stored together with others (`iot.batch`, see
+        `provisioning.batch`): its answer is sent once the job is stored, and the request
+        runs again with `iot.batch.retry` set when it was not."""
         body = await read_body(scope, receive, self.max_body)
         if body is None:
             return None  # gone before the request was complete
@@ -77,12 +86,27 @@ class Front:
             await send_plain(send, body, limit.encode())
             return None
         loop = asyncio.get_running_loop()
-        environ = build_environ(scope, body)
-        environ["iot.front"] = True
-        status, headers, chunks = await self.run_sync(run_wsgi, self.app, environ, send, loop)
+        try:
+            environ = build_environ(scope, body)
+            environ["iot.front"] = True
+            status, headers, chunks = await self.run_sync(run_wsgi, self.app, environ, send, loop)
+            if (job := environ.get("iot.batch")) is not None and not await self.store(job):
+                body.seek(0)
+                environ = build_environ(scope, body)
+                environ["iot.front"] = environ["iot.batch.retry"] = True
+                status, headers, chunks = await self.run_sync(
+                    run_wsgi, self.app, environ, send, loop
+                )
+        finally:
+            body.close()
         if status is None:
             return None  # a streamed response, already sent from its thread
         return status, headers, chunks, environ.get("iot.longpoll")
+
+    def store(self, job) -> asyncio.Future:
+        if (batcher := self.batchers.get(type(job))) is None:
+            batcher = self.batchers[type(job)] = Batcher(type(job).execute, type(job).max_batch)
+        return batcher.submit(job)
 
     async def lifespan(self, receive, send) -> None:
         while True:
@@ -98,6 +122,8 @@ class Front:
             elif message["type"] == "lifespan.shutdown":
                 longpoll.stop()
                 self.pool.stop()
+                for batcher in self.batchers.values():
+                    batcher.pool.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -135,10 +161,76 @@ class Pool:
                 loop.call_soon_threadsafe(_settle, future, result, error)
             except RuntimeError:
                 pass  # the loop is closed: nobody awaits this any more
+        from django.db import connections
 
-    def stop(self) -> None:
+        connections.close_all()  # this thread's own connections
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the threads finish what they run and close their database connections."""
         for _ in self.threads:
             self.calls.put(None)
+        for thread in self.threads:
+            thread.join(timeout)
+
+
+class Batcher:
+    """Group commit: jobs submitted while batches are being executed go together in the next
+    one. At most `concurrency` batches run at once, each on a thread (and database
+    connection) of its own, so one waits for its commit while the next is sent. No timer: a
+    job that finds a thread idle starts a batch at once, so batches grow only with the load.
+
+    `execute(jobs)` returns one result per job. Jobs with the same `key` are never in flight
+    together (the later one waits for the next batch after). A batch that raises gives every
+    job False."""
+
+    def __init__(self, execute, limit: int, concurrency: int = 1):
+        self.execute = execute
+        self.limit = limit
+        self.concurrency = concurrency
+        self.pool = Pool(concurrency)
+        self.pending: collections.deque = collections.deque()
+        self.running = 0
+        self.keys: set = set()  # of the jobs in flight
+
+    def submit(self, job) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((job, future))
+        if self.running < self.concurrency:
+            self._start()
+        return future
+
+    def _start(self) -> None:
+        taken, later = [], collections.deque()
+        while self.pending and len(taken) < self.limit:
+            job, future = self.pending.popleft()
+            if job.key in self.keys:
+                later.append((job, future))
+            else:
+                self.keys.add(job.key)
+                taken.append((job, future))
+        later.extend(self.pending)
+        self.pending = later
+        if taken:
+            self.running += 1
+            run = self.pool.run(self.execute, [job for job, _future in taken])
+            run.add_done_callback(lambda done: self._finish(taken, done))
+
+    def _finish(self, taken: list, done: asyncio.Future) -> None:
+        self.running -= 1
+        if (error := done.exception()) is not None:
+            log.error("a batch of %d failed", len(taken), exc_info=error)
+            results = [False] * len(taken)
+        else:
+            results = done.result()
+        for (job, future), result in zip(taken, results, strict=True):
+            self.keys.discard(job.key)
+            if not future.done():
+                future.set_result(result)
+        while self.pending and self.running < self.concurrency:
+            before = len(self.pending)
+            self._start()
+            if len(self.pending) == before:
+                break  # every pending job waits for a key in flight
 
 
 def _settle(future: asyncio.Future, result, error) -> None:
@@ -239,7 +331,6 @@ def run_wsgi(app, environ: dict, send, loop) -> tuple[int | None, list, list[byt
     finally:
         if hasattr(result, "close"):
             result.close()
-        environ["wsgi.input"].close()
 
 
 async def send_plain(send, status: int, body: bytes, extra: list | None = None) -> None:

@@ -21,7 +21,7 @@ from connector import events, keys
 from connector.models import Connector, EventType
 from connector.sql import run as sql_run
 from devices.models import Device, DeviceActivity, DeviceAuthType
-from provisioning import longpoll, ratelimit
+from provisioning import ratelimit
 from provisioning.models import AuthFailure
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9]{40}")
@@ -123,25 +123,52 @@ CONNECTOR_FIELDS = (
 )
 
 
+# What activation checks of a connector: a digest of these tells whether they changed.
+FINGERPRINT_FIELDS = tuple(
+    f for f in CONNECTOR_FIELDS if f not in ("id", "resources", "resources_version")
+)
+# PostgreSQL: connector id -> (the connector as last read, the fingerprint of its settings).
+_CONNECTORS: dict[str, tuple[Connector, str]] = {}
+
+
+def fingerprint_sql(alias: str) -> str:
+    """PostgreSQL: an expression for the digest of a connector row's activation settings."""
+    qn = connection.ops.quote_name
+    return f"md5(ROW({', '.join(f'{alias}.{qn(f)}' for f in FINGERPRINT_FIELDS)})::text)"
+
+
 def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
-    """The connector's device-facing settings and this address's failure count: one query."""
+    """The connector's device-facing settings and this address's failure count: one query.
+    On PostgreSQL it is also kept with its fingerprint (see `cached_connector`)."""
     qn = connection.ops.quote_name
     table = qn(Connector._meta.db_table)
     failure = qn(AuthFailure._meta.db_table)
+    postgresql = connection.vendor == "postgresql"
+    fingerprint = f"{fingerprint_sql('c')}, " if postgresql else ""
     sql = (
-        f"SELECT {', '.join('c.' + qn(f) for f in CONNECTOR_FIELDS)}, "  # noqa: S608
+        f"SELECT {', '.join('c.' + qn(f) for f in CONNECTOR_FIELDS)}, {fingerprint}"  # noqa: S608
         f"(SELECT f.count FROM {failure} f WHERE f.connector_id = c.id AND f.ip = %s"
         f" AND f.window_start = %s) FROM {table} c WHERE c.id = %s"
     )
     rows = sql_run(sql, [ip, ratelimit.current_window(), connector_id])
     if not rows:
+        _CONNECTORS.pop(connector_id, None)
         return None, 0
     row = rows[0]
-    values = dict(zip(CONNECTOR_FIELDS, row[:-1], strict=True))
+    values = dict(zip(CONNECTOR_FIELDS, row, strict=False))
     for name in ("ip_allowed", "resources"):
         if isinstance(values[name], str):
             values[name] = json.loads(values[name])
-    return Connector(**values), row[-1] or 0
+    connector = Connector(**values)
+    if postgresql:
+        _CONNECTORS[connector_id] = (connector, row[-2])
+    return connector, row[-1] or 0
+
+
+def cached_connector(connector_id: str) -> tuple[Connector, str] | None:
+    """PostgreSQL: the connector as `load_connector` last read it, and its fingerprint; for
+    checks whose result a statement confirms (the fingerprint unchanged) before it acts."""
+    return _CONNECTORS.get(connector_id)
 
 
 @lru_cache(maxsize=64)
@@ -255,73 +282,3 @@ def refuse(request: HttpRequest, connector_id: str, creds: Credentials) -> HttpR
 def token_where(count: int) -> str:
     # The index's own condition, word for word, lets SQLite use that partial index.
     return f"NOT (d.secret_hash = '') AND d.secret_hash IN ({', '.join(['%s'] * count)})"
-
-
-def write_with_token(
-    request: HttpRequest,
-    connector_id: str,
-    token: str,
-    rows: list[tuple],
-    event: tuple,
-    resources_version: int,
-) -> DeviceContext | None:
-    """PostgreSQL: find the device by token, check it and store a write with its event, all in
-    one statement. Returns the device when it matched (written only if `refusal_for` finds
-    nothing to refuse and the connector's resources are still at `resources_version`, the
-    version the rows were checked against), else None.
-
-    The device API's most frequent request thus costs one round trip; every refusal is
-    answered by the ordinary two-step path, which finds the same device (or none) again.
-    """
-    if not TOKEN_RE.fullmatch(token):
-        return None
-    ip = client_ip(request)
-    hashes = keys.candidate_hashes(token)
-    sql = _write_sql(len(hashes), len(rows))
-    secure = request.is_secure() or settings.DEVICE_API_INSECURE
-    _connector, when, kind, _identity, _ip, _actor, _email, summary, payload = event
-    params = [
-        ip,
-        ratelimit.current_window(),
-        connector_id,
-        DeviceAuthType.TOKEN,
-        *hashes,
-        secure,
-        settings.DEVICE_AUTH_FAILURE_LIMIT,
-        resources_version,
-        *(value for row in rows for value in row),
-        when,
-        kind,
-        ip,
-        summary,
-        payload,
-    ]
-    return DeviceContext.from_row(rows[0]) if (rows := sql_run(sql, params)) else None
-
-
-@lru_cache(maxsize=64)
-def _write_sql(hash_count: int, row_count: int) -> str:
-    from connector.models import Event
-    from devices.models import AliasValue
-
-    qn = connection.ops.quote_name
-    rows_sql = ", ".join(["(%s::varchar, %s::text, %s::text, %s::bigint)"] * row_count)
-    table = qn(AliasValue._meta.db_table)
-    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
-    return (
-        f"WITH dev AS ({_lookup_sql(token_where(hash_count))} LIMIT 1), "  # noqa: S608
-        "ok AS (SELECT * FROM dev WHERE NOT dev.locked AND (dev.devmode OR %s)"
-        " AND COALESCE(dev.failures, 0) < %s AND dev.resources_version = %s), "
-        f"stored AS (INSERT INTO {table}"
-        ' (device_id, alias, reported, "set", timestamp)'
-        " SELECT ok.id, v.alias, v.reported, v.set_value, v.ts"
-        f" FROM ok CROSS JOIN (VALUES {rows_sql}) AS v (alias, reported, set_value, ts)"
-        " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
-        f' "set" = COALESCE(excluded."set", {table}."set"), timestamp = excluded.timestamp'
-        " RETURNING device_id, alias), "
-        f"notified AS ({longpoll.NOTIFY_STORED}), "
-        f"logged AS (INSERT INTO {qn(Event._meta.db_table)} ({event_columns})"
-        " SELECT ok.connector_id, %s::bigint, %s, ok.identity, %s::inet, NULL, '', %s,"
-        " %s::jsonb FROM ok) "
-        "SELECT dev.* FROM dev, (SELECT count(*) FROM notified) AS n"
-    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from django.db import IntegrityError, connection, transaction
@@ -17,13 +17,13 @@ from connector.sql import insert_rows, insert_sql, typed_placeholders
 from connector.sql import run as sql_run
 from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType, Status
 from devices.resources import value_error
-from provisioning import auth, longpoll, ratelimit
+from provisioning import auth, batch, longpoll, ratelimit
 from provisioning.auth import DeviceContext
 from provisioning.wire import WireError, encode_pairs
 
 MIN_PASSWORD_BYTES = 20
 # Last IP / last seen are rewritten at most this often per device (µs), not on every request.
-ACTIVITY_EVERY_US = 60 * 1_000_000
+ACTIVITY_EVERY_US = batch.ACTIVITY_EVERY_US
 # Longest value kept in an event's payload (the stored value is never cut).
 EVENT_VALUE_CHARS = 200
 
@@ -33,6 +33,8 @@ class Outcome:
     status: int
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # When set, the outcome holds only once this job is stored (`provisioning.batch`).
+    pending: batch.ClaimJob | None = None
 
 
 def ip_allowed(connector: Connector, ip: str) -> bool:
@@ -75,35 +77,53 @@ def _fail(
     return Outcome(status, reason)
 
 
-def activate_device(
-    connector: Connector, identity: str, password: str | None, ip: str, *, secure: bool
-) -> Outcome:
-    """`POST /provision/activate` after transport, rate and content-type checks (SPEC §3)."""
+def activation_refusal(
+    connector: Connector, identity: str, password: str | None, ip: str
+) -> tuple[int, str, bool] | None:
+    """Why the connector's settings refuse this activation, as (status, reason, counted as
+    a guess), or None. Reads nothing, writes nothing."""
     if connector.auth_type == AuthType.CERTIFICATE:
-        return _fail(connector, identity, ip, 415, "this connector uses TLS client certificates")
+        return 415, "this connector uses TLS client certificates", False
     if not connector.provisioning_enabled:
-        return _fail(connector, identity, ip, 403, "provisioning is disabled")
+        return 403, "provisioning is disabled", False
     if not ip_allowed(connector, ip):
-        return _fail(connector, identity, ip, 403, f"address {ip} is not allowed to provision")
+        return 403, f"address {ip} is not allowed to provision", False
     if reason := identity_error(identity, connector.identity_format):
-        return _fail(connector, identity, ip, 404, reason, count=True)
+        return 404, reason, True
     if connector.auth_type == AuthType.PASSWORD:
         if password is None:
-            return _fail(connector, identity, ip, 415, "this connector expects a password")
+            return 415, "this connector expects a password", False
         if len(password.encode()) < MIN_PASSWORD_BYTES:
-            return _fail(
-                connector,
-                identity,
-                ip,
-                415,
-                f"the password is shorter than {MIN_PASSWORD_BYTES} bytes",
-            )
+            return 415, f"the password is shorter than {MIN_PASSWORD_BYTES} bytes", False
+    elif password is not None:
+        return 415, "this connector provisions tokens, not passwords", False
+    return None
+
+
+def activate_device(
+    connector: Connector,
+    identity: str,
+    password: str | None,
+    ip: str,
+    *,
+    secure: bool,
+    defer: bool = False,
+    fingerprint: str = "",
+) -> Outcome:
+    """`POST /provision/activate` after transport, rate and content-type checks (SPEC §3).
+
+    On PostgreSQL the claim is a `batch.ClaimJob`, which claims only while the connector's
+    settings still have the `fingerprint` they were checked with (see `auth.load_connector`)
+    and the address is not over its failure limit. With `defer`, it is returned unrun as the
+    outcome's `pending` job, for the server to send together with other activations: the
+    outcome holds once it is stored, and when it was not, the caller asks again without
+    `defer` to learn why."""
+    if refusal := activation_refusal(connector, identity, password, ip):
+        status, reason, counted = refusal
+        return _fail(connector, identity, ip, status, reason, count=counted)
+    if password is not None:
         credential, auth_type = password, DeviceAuthType.PASSWORD
     else:
-        if password is not None:
-            return _fail(
-                connector, identity, ip, 415, "this connector provisions tokens, not passwords"
-            )
         credential, auth_type = keys.new_token(40), DeviceAuthType.TOKEN
     # Provisioned over plain HTTP (developer mode) is shown as such.
     state = Status.PROVISIONED if secure else Status.DEVMODE
@@ -122,10 +142,24 @@ def activate_device(
         source_ip=ip,
         payload={"auth_type": auth_type, "secure": secure},
     )
-    if connection.vendor == "postgresql" and _claim_logged(
-        connector.pk, identity, fields, now, ip, event
-    ):
-        return _provisioned(auth_type, credential)
+    if connection.vendor == "postgresql":
+        job = batch.ClaimJob(
+            connector.pk,
+            identity,
+            state,
+            auth_type,
+            fields["secret_hash"],
+            now_dt.isoformat(),
+            now,
+            ip,
+            event[7],
+            event[8],
+            fingerprint,
+        )
+        if defer:
+            return replace(_provisioned(auth_type, credential), pending=job)
+        if batch.claim_jobs([job])[0]:
+            return _provisioned(auth_type, credential)
     with transaction.atomic():
         device_id = _claim(connector.pk, identity, fields, now)
         if device_id is None:
@@ -211,31 +245,6 @@ def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | No
     return row[0] if row else None
 
 
-def _claim_logged(connector_id, identity, fields, now, ip, event) -> int | None:
-    """PostgreSQL: claim, last-seen row and event in one statement (one implicit
-    transaction, one round trip). None when the identity could not be claimed."""
-    claim, params = _claim_sql(connector_id, identity, fields, now)
-    rows = sql_run(_claim_logged_text(claim), [*params, ip, now, *event])
-    return rows[0][0] if rows else None
-
-
-@lru_cache(maxsize=8)
-def _claim_logged_text(claim: str) -> str:
-    qn = connection.ops.quote_name
-    activity = qn(DeviceActivity._meta.db_table)
-    # Only table/column names from the models and placeholders: values are parameters.
-    return (
-        f"WITH claimed AS ({claim}), "  # noqa: S608
-        f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen) "
-        f"SELECT id, %s::inet, %s::bigint FROM claimed ON CONFLICT (device_id) DO UPDATE SET "
-        f"last_ip = excluded.last_ip, last_seen = excluded.last_seen), "
-        f"logged AS (INSERT INTO {qn(Event._meta.db_table)} "
-        f"({', '.join(qn(c) for c in events.COLUMNS)}) "
-        f"SELECT {typed_placeholders(Event, events.COLUMNS)} FROM claimed) "
-        f"SELECT id FROM claimed"
-    )
-
-
 def touch(device: DeviceContext, ip: str, now: int) -> None:
     """Record last IP / last seen in the narrow activity row, at most once a minute."""
     if device.last_ip == ip and now - (device.last_seen or 0) < ACTIVITY_EVERY_US:
@@ -295,34 +304,34 @@ def write_event(connector_id: str, identity: str, pairs, ip: str, ignored=()):
     )
 
 
-def write_with_token(request, connector_id: str, token: str, pairs, ip: str):
-    """PostgreSQL fast path (see provisioning.auth.write_with_token): authenticate and write
-    in one statement. Returns the matched device, or None to take the ordinary path."""
+def write_job(connector_id: str, token: str, pairs, ip: str, *, secure: bool):
+    """A token write made ready for `provisioning.batch` (PostgreSQL), or None when it needs
+    the ordinary path: definitions not yet known here, a value they refuse (the device is
+    authenticated before its value is refused), or nothing to store."""
     cached = _RESOURCES.get(connector_id)
-    if cached is None:
-        return None  # the ordinary path learns the definitions
+    if cached is None or not auth.TOKEN_RE.fullmatch(token):
+        return None
     version, resources = cached
     try:
         stored, ignored = split_write(resources, pairs)
     except WireError:
-        return None  # authenticate first, then refuse the value, on the ordinary path
+        return None
     if not stored:
         return None
-    now = now_us()
-    device = auth.write_with_token(
-        request,
-        connector_id,
-        token,
-        [(a, reported, set_value, now) for a, reported, set_value in stored],
-        write_event(connector_id, "", pairs, ip, ignored),
-        version,
+    _connector, now, _type, _identity, _ip, _actor, _email, summary, payload = write_event(
+        connector_id, "", pairs, ip, ignored
     )
-    if device is not None and device.resources_version != version:
-        _RESOURCES[connector_id] = (device.resources_version, device.resources)
-        return None  # definitions changed: nothing was written; the ordinary path writes
-    if device is not None and auth.refusal_for(request, device) is None:
-        touch(device, ip, now)
-    return device
+    return batch.WriteJob(
+        connector_id,
+        keys.candidate_hashes(token),
+        stored,
+        now,
+        ip,
+        secure,
+        version,
+        summary,
+        payload,
+    )
 
 
 @lru_cache(maxsize=32)

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from connector.models import Connector
-from provisioning import longpoll, ratelimit, services, wire
+from provisioning import batch, longpoll, ratelimit, services, wire
 from provisioning.auth import (
     authenticate,
+    cached_connector,
     client_ip,
     load_connector,
     read_credentials,
-    refusal_for,
     text,
     too_many,
     transport_ok,
@@ -64,6 +65,8 @@ def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
     if request.method != "POST":
         return text(405)
     ip = client_ip(request)
+    if (answer := _activate_in_batch(request, connector_id, ip)) is not None:
+        return answer
     connector, failures = load_connector(connector_id, ip)
     if connector is None:
         return text(404)
@@ -78,9 +81,53 @@ def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
     identity = fields.get("id", fields.get("sn"))
     if not identity:
         return text(400, "id is required")
+    cached = cached_connector(connector_id)
     outcome = services.activate_device(
-        connector, identity, fields.get("password"), ip, secure=request.is_secure()
+        connector,
+        identity,
+        fields.get("password"),
+        ip,
+        secure=request.is_secure(),
+        defer=_batched(request),
+        fingerprint=cached[1] if cached else "",
     )
+    if outcome.pending is not None:
+        request.META["iot.batch"] = outcome.pending  # answered once the front stored it
+    return text(outcome.status, outcome.body, outcome.headers)
+
+
+def _batched(request: HttpRequest) -> bool:
+    """Under the server, not yet refused by a batch: a claim may go in one."""
+    return bool(request.META.get("iot.front")) and "iot.batch.retry" not in request.META
+
+
+def _activate_in_batch(request: HttpRequest, connector_id: str, ip: str) -> HttpResponse | None:
+    """PostgreSQL under the server: an activation checked against the connector's settings as
+    last read, with no query here. Its claim goes in a batch and holds only if those
+    settings are unchanged and the address is under the failure limit. None: the ordinary
+    path answers (it reads the settings afresh and gives, and logs, every refusal)."""
+    if not _batched(request) or (cached := cached_connector(connector_id)) is None:
+        return None
+    connector, fingerprint = cached
+    if not transport_ok(request, connector):
+        return None
+    try:
+        fields = dict(wire.parse_pairs(_form_body(request, "id is required")))
+    except wire.WireError:
+        return None
+    identity, password = fields.get("id", fields.get("sn")), fields.get("password")
+    if not identity or services.activation_refusal(connector, identity, password, ip):
+        return None
+    outcome = services.activate_device(
+        connector,
+        identity,
+        password,
+        ip,
+        secure=request.is_secure(),
+        defer=True,
+        fingerprint=fingerprint,
+    )
+    request.META["iot.batch"] = outcome.pending
     return text(outcome.status, outcome.body, outcome.headers)
 
 
@@ -150,19 +197,27 @@ def long_poll(request: HttpRequest, device, aliases: list[str], ip: str) -> Http
 
 
 def _write_in_one_statement(request: HttpRequest, connector_id: str) -> HttpResponse | None:
-    """The common write (token, no read-back, valid body) in one round trip on PostgreSQL.
-    None means: answer through the ordinary path (which also gives every refusal)."""
+    """The common write (token, no read-back, valid body) on PostgreSQL: one statement that
+    authenticates and stores, sent together with the writes of other requests
+    (`provisioning.batch`). Under the server the statement runs after this thread is free;
+    the 204 returned here is sent once it committed, and otherwise the request comes back
+    with `iot.batch.retry` set. None means: answer through the ordinary path (which also
+    gives every refusal)."""
     token = read_credentials(request).token
-    if token is None or request.META.get("QUERY_STRING"):
+    if token is None or request.META.get("QUERY_STRING") or "iot.batch.retry" in request.META:
         return None
     try:
         pairs = wire.parse_write(_form_body(request, "nothing to write: send alias=value"))
     except wire.WireError:
         return None
-    device = services.write_with_token(request, connector_id, token, pairs, client_ip(request))
-    if device is None:
+    secure = request.is_secure() or settings.DEVICE_API_INSECURE
+    job = services.write_job(connector_id, token, pairs, client_ip(request), secure=secure)
+    if job is None:
         return None
-    return refusal_for(request, device) or text(204)
+    if _batched(request):
+        request.META["iot.batch"] = job  # the front sends it with others, then answers
+        return text(204)
+    return text(204) if batch.write_jobs([job])[0] else None
 
 
 def record(request: HttpRequest, connector_id: str) -> HttpResponse:

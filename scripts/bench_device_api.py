@@ -31,7 +31,7 @@ from benchlib import PY, ROOT, seed
 # Writes come from this many devices in turn, as in the field: one device hammering one row
 # would measure row-lock waits, not the API.
 WRITERS = 200
-IDENTITIES_PER_ROUND = 10_000  # per wrk thread: far more than one round activates
+IDENTITIES_PER_ROUND = 20_000  # per wrk thread: far more than one round activates
 WRK_THREADS = 2
 
 WRITE_LUA = textwrap.dedent(
@@ -212,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt install wrk")
-    workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count() * 2} (2 x cores; 1 on SQLite)"
+    workers = os.environ.get("WEB_CONCURRENCY") or f"{os.cpu_count()} (1 per core; 1 on SQLite)"
     print(
         f"gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py: {workers} workers; "
         f"wrk {WRK_THREADS} threads, {args.connections} connections, "

@@ -1,0 +1,237 @@
+"""Group commit of device writes and activations on PostgreSQL: many requests, one
+statement, one commit.
+
+A device write's own work in the database is small (find the device by its token, upsert a
+value, append an event); what it costs is the round trip around it: the statement's start,
+its commit, and on the server side a thread that blocks on the socket and the wake-ups that
+follow. So the server (`iotconnector.front`) collects the writes that arrive while a statement
+is running and sends them together as the next one: under load a statement carries many
+writes, and when the service is quiet it carries one and nothing waits.
+
+Each write is still all-or-nothing and acknowledged only after its commit. A write the
+statement does not store (unknown token, locked device, plain HTTP, too many failures,
+definitions changed since the values were checked) is answered by the ordinary path, which
+authenticates again and gives the refusal; so is every write of a batch that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+
+from connector import events
+from connector.models import Connector, Event, EventType
+from connector.sql import run as sql_run
+from devices.models import AliasValue, Device, DeviceActivity, DeviceAuthType, Status
+from provisioning import auth, longpoll, ratelimit
+from provisioning.models import AuthFailure
+
+log = logging.getLogger(__name__)
+
+# Last IP / last seen are rewritten at most this often per device (µs), not on every request.
+ACTIVITY_EVERY_US = 60 * 1_000_000
+# The most writes one statement carries; more wait for the next.
+MAX_BATCH = 64
+
+
+@dataclass(slots=True, eq=False)
+class WriteJob:
+    """One device's token-authenticated write, checked and ready to store."""
+
+    connector_id: str
+    hashes: list[str]  # the token's hash under every configured pepper
+    rows: list[tuple[str, str, str | None]]  # (alias, reported, set)
+    now: int  # µs: the values' timestamp and the event's time
+    ip: str
+    secure: bool  # TLS, or plain HTTP allowed by the insecure development setting
+    resources_version: int  # the definitions the values were checked against
+    summary: str  # the event's
+    payload: str  # the event's, JSON
+
+    max_batch: ClassVar[int] = MAX_BATCH
+
+    @property
+    def key(self) -> str:
+        """Writes of one device go in separate statements (an upsert touches a row once)."""
+        return self.hashes[0]
+
+    @staticmethod
+    def execute(jobs: list[WriteJob]) -> list[bool]:
+        return write_jobs(jobs)
+
+
+def write_jobs(jobs: list[WriteJob]) -> list[bool]:
+    """Store the writes in one statement; whether each was stored. No two jobs may share a
+    key. A failing statement stores none (False for all) and leaves the connection usable."""
+    # Three parameters of JSON whatever the batch size: json.dumps is C, where adapting
+    # arrays element by element cost more than the rest of the batch.
+    params = [
+        json.dumps(
+            [
+                [n, j.connector_id, j.now, j.ip, j.secure, j.resources_version]
+                + [j.summary, j.payload]
+                for n, j in enumerate(jobs)
+            ]
+        ),
+        json.dumps([[n, h] for n, j in enumerate(jobs) for h in j.hashes]),
+        json.dumps([[n, *row] for n, j in enumerate(jobs) for row in j.rows]),
+        DeviceAuthType.TOKEN,
+        ratelimit.current_window(),
+        settings.DEVICE_AUTH_FAILURE_LIMIT,
+        ACTIVITY_EVERY_US,
+        str(EventType.DATA_IN),
+    ]
+    return _run(_write_sql(), params, jobs, "device writes")
+
+
+@lru_cache(maxsize=1)
+def _write_sql() -> str:
+    """One statement, the same text for any number of writes: the jobs, their token hashes
+    and their values come as three JSON arrays of arrays, joined by job number `n`.
+    LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
+    plan of the prepared statement."""
+    qn = connection.ops.quote_name
+    device, conn, activity, failure, value, event = (
+        qn(m._meta.db_table)
+        for m in (Device, Connector, DeviceActivity, AuthFailure, AliasValue, Event)
+    )
+    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
+    return (
+        "WITH job AS (SELECT j->>0 AS n, j->>1 AS connector_id, (j->>2)::bigint AS now,"  # noqa: S608
+        " (j->>3)::inet AS ip, (j->>4)::bool AS secure, (j->>5)::int AS version,"
+        " j->>6 AS summary, j->>7 AS payload FROM json_array_elements(%s::json) AS j), "
+        "candidate AS (SELECT c->>0 AS n, c->>1 AS hash FROM json_array_elements(%s::json) c), "
+        "val AS (SELECT v->>0 AS n, v->>1 AS alias, v->>2 AS reported, v->>3 AS set_value"
+        " FROM json_array_elements(%s::json) AS v), "
+        "dev AS (SELECT DISTINCT ON (job.n) job.*, d.id, d.identity, d.locked, c.devmode,"
+        " c.resources_version, a.last_ip, a.last_seen, f.count AS failures"
+        " FROM job JOIN candidate ON candidate.n = job.n"
+        f" CROSS JOIN LATERAL (SELECT * FROM {device} d WHERE d.connector_id = job.connector_id"
+        " AND d.auth_type = %s AND NOT (d.secret_hash = '') AND d.secret_hash = candidate.hash"
+        " LIMIT 1) d"
+        f" JOIN {conn} c ON c.id = d.connector_id"
+        f" LEFT JOIN {activity} a ON a.device_id = d.id"
+        f" LEFT JOIN {failure} f ON f.connector_id = d.connector_id AND f.ip = job.ip"
+        " AND f.window_start = %s ORDER BY job.n), "
+        "ok AS (SELECT * FROM dev WHERE NOT dev.locked AND (dev.devmode OR dev.secure)"
+        " AND COALESCE(dev.failures, 0) < %s AND dev.resources_version = dev.version), "
+        f'stored AS (INSERT INTO {value} (device_id, alias, reported, "set", timestamp)'
+        " SELECT ok.id, val.alias, val.reported, val.set_value, ok.now FROM ok"
+        " JOIN val ON val.n = ok.n"
+        " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
+        f' "set" = COALESCE(excluded."set", {value}."set"), timestamp = excluded.timestamp'
+        " RETURNING device_id, alias), "
+        f"notified AS ({longpoll.NOTIFY_STORED}), "
+        f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
+        " SELECT ok.id, ok.ip, ok.now FROM ok WHERE ok.last_ip IS DISTINCT FROM ok.ip"
+        " OR ok.last_seen IS NULL OR ok.now - ok.last_seen >= %s"
+        " ON CONFLICT (device_id) DO UPDATE SET last_ip = excluded.last_ip,"
+        " last_seen = excluded.last_seen), "
+        f"logged AS (INSERT INTO {event} ({event_columns})"
+        " SELECT ok.connector_id, ok.now, %s, ok.identity, ok.ip, NULL, '', ok.summary,"
+        " ok.payload::jsonb FROM ok) "
+        "SELECT ok.n FROM ok, (SELECT count(*) FROM notified) AS notes"
+    )
+
+
+@dataclass(slots=True, eq=False)
+class ClaimJob:
+    """One activation's one-time step, checked and ready: the identity is claimed only if it
+    is still whitelisted (within its window) or flagged for reprovision, and not locked."""
+
+    connector_id: str
+    identity: str
+    state: str
+    auth_type: str
+    secret_hash: str
+    provisioned_at: str  # ISO 8601, UTC
+    now: int  # µs
+    ip: str
+    summary: str  # the event's
+    payload: str  # the event's, JSON
+    fingerprint: str  # of the connector settings it was checked against ("": just read)
+
+    max_batch: ClassVar[int] = MAX_BATCH
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Activations of one identity go in separate statements: exactly one can claim it."""
+        return self.connector_id, self.identity
+
+    @staticmethod
+    def execute(jobs: list[ClaimJob]) -> list[bool]:
+        return claim_jobs(jobs)
+
+
+def claim_jobs(jobs: list[ClaimJob]) -> list[bool]:
+    """Claim the identities in one statement (with last-seen rows and events); whether each
+    was claimed. No two jobs may share a key. A failing statement claims none."""
+    params = [
+        json.dumps(
+            [
+                [n, j.connector_id, j.identity, j.state, j.auth_type, j.secret_hash]
+                + [j.provisioned_at, j.now, j.ip, j.summary, j.payload, j.fingerprint]
+                for n, j in enumerate(jobs)
+            ]
+        ),
+        ratelimit.current_window(),
+        settings.DEVICE_AUTH_FAILURE_LIMIT,
+        False,
+        Status.REPROVISION,
+        Status.WHITELISTED,
+        str(EventType.PROVISIONED),
+    ]
+    return _run(_claim_sql(), params, jobs, "activations")
+
+
+def _run(sql: str, params: list, jobs: list, what: str) -> list[bool]:
+    try:
+        done = {int(row[0]) for row in sql_run(sql, params)}
+    except DatabaseError:
+        log.exception("a batch of %d %s failed; each is retried on its own", len(jobs), what)
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        return [False] * len(jobs)
+    return [n in done for n in range(len(jobs))]
+
+
+@lru_cache(maxsize=1)
+def _claim_sql() -> str:
+    """One conditional UPDATE for all the identities (of concurrent activations of one
+    identity, only one can still find it claimable), then last seen and the event. An
+    identity is claimed only while its connector's settings are those it was checked
+    against and its address is under the failure limit."""
+    qn = connection.ops.quote_name
+    device, conn, activity, event, failure = (
+        qn(m._meta.db_table) for m in (Device, Connector, DeviceActivity, Event, AuthFailure)
+    )
+    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
+    return (
+        "WITH job AS (SELECT j->>0 AS n, j->>1 AS connector_id, j->>2 AS identity,"  # noqa: S608
+        " j->>3 AS state, j->>4 AS auth_type, j->>5 AS secret_hash,"
+        " (j->>6)::timestamptz AS provisioned_at, (j->>7)::bigint AS now, (j->>8)::inet AS ip,"
+        " j->>9 AS summary, j->>10 AS payload, j->>11 AS fingerprint"
+        " FROM json_array_elements(%s::json) AS j), "
+        f"checked AS (SELECT job.* FROM job JOIN {conn} c ON c.id = job.connector_id"
+        f" AND (job.fingerprint = '' OR {auth.fingerprint_sql('c')} = job.fingerprint)"
+        f" LEFT JOIN {failure} f ON f.connector_id = job.connector_id AND f.ip = job.ip"
+        " AND f.window_start = %s WHERE COALESCE(f.count, 0) < %s), "
+        f"claimed AS (UPDATE {device} d SET state = job.state, auth_type = job.auth_type,"
+        " secret_hash = job.secret_hash, provisioned_at = job.provisioned_at FROM checked job"
+        " WHERE d.connector_id = job.connector_id AND d.identity = job.identity"
+        " AND d.locked = %s AND (d.state = %s OR (d.state = %s"
+        " AND (d.expire IS NULL OR d.expire >= job.now))) RETURNING d.id, job.*), "
+        f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
+        " SELECT id, ip, now FROM claimed ON CONFLICT (device_id) DO UPDATE SET"
+        " last_ip = excluded.last_ip, last_seen = excluded.last_seen), "
+        f"logged AS (INSERT INTO {event} ({event_columns})"
+        " SELECT connector_id, now, %s, identity, ip, NULL, '', summary, payload::jsonb"
+        " FROM claimed) "
+        "SELECT n FROM claimed"
+    )
