@@ -1,0 +1,379 @@
+"""Group commit (provisioning/batch.py and the front's Batcher): many device writes and
+activations in one statement, each answered only once stored, the rest on the ordinary path."""
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+import requests
+from django.db import DatabaseError, connection
+
+from connector.models import Connector, Event, EventType, User
+from connector.services import create_connector
+from devices import services as device_services
+from devices.models import AliasValue, Device, DeviceActivity
+from iotconnector.front import Batcher
+from provisioning import auth, batch, ratelimit, services
+from tests.conftest import PASSWORD, define
+from tests.test_long_poll import Device_, activated
+
+# --- The batcher (pure asyncio) ---------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    name: str
+    key: str
+
+
+def run_batcher(execute, submissions, limit=64):
+    """Submit jobs as `submissions` says ([(job, delay before it)]), return their results."""
+
+    async def main():
+        batcher = Batcher(execute, limit)
+        futures = []
+        for job, delay in submissions:
+            await asyncio.sleep(delay)
+            futures.append(batcher.submit(job))
+        try:
+            return await asyncio.gather(*futures)
+        finally:
+            batcher.pool.stop()
+
+    return asyncio.run(main())
+
+
+def test_jobs_arriving_while_a_batch_runs_go_together_in_the_next():
+    batches, release = [], threading.Event()
+
+    def execute(jobs):
+        batches.append([job.name for job in jobs])
+        if len(batches) == 1:
+            release.wait(5)  # the first batch is still running when the others arrive
+        return [f"{job.name} stored" for job in jobs]
+
+    jobs = [Job("a", "1"), Job("b", "2"), Job("c", "3"), Job("d", "2")]
+
+    async def later_release():
+        await asyncio.sleep(0.2)
+        release.set()
+
+    submissions = [(jobs[0], 0), (jobs[1], 0.05), (jobs[2], 0), (jobs[3], 0)]
+
+    async def main():
+        batcher = Batcher(execute, 64)
+        releaser = asyncio.create_task(later_release())
+        futures = []
+        for job, delay in submissions:
+            await asyncio.sleep(delay)
+            futures.append(batcher.submit(job))
+        results = await asyncio.gather(*futures)
+        await releaser
+        batcher.pool.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert results == ["a stored", "b stored", "c stored", "d stored"]
+    # "a" went alone at once (nothing waits for a timer); "d" shares its key with "b", so it
+    # waits for the batch after.
+    assert batches == [["a"], ["b", "c"], ["d"]]
+
+
+def test_a_batch_never_exceeds_its_limit():
+    sizes = []
+
+    def execute(jobs):
+        sizes.append(len(jobs))
+        time.sleep(0.05)
+        return [True] * len(jobs)
+
+    jobs = [(Job(str(n), str(n)), 0) for n in range(7)]
+    assert run_batcher(execute, jobs, limit=3) == [True] * 7
+    assert max(sizes) <= 3 and sum(sizes) == 7
+
+
+def test_a_batch_that_raises_answers_false_for_each_job():
+    def execute(jobs):
+        raise RuntimeError("the database went away")
+
+    assert run_batcher(execute, [(Job("a", "1"), 0), (Job("b", "2"), 0)]) == [False, False]
+
+
+# --- The statements (PostgreSQL) ------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres(transactional_db):
+    if connection.vendor != "postgresql":
+        pytest.skip("group commit is PostgreSQL's: runs in its pass of the suite")
+
+
+@pytest.fixture
+def line(postgres):
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "Batch line")
+    define(connector, "temp", setpoint={"format": "number", "settable": True})
+    connector.refresh_from_db()
+    tokens = {}
+    for n in range(3):
+        identity = f"dev-{n}"
+        device_services.whitelist_device(connector, identity)
+        tokens[identity] = services.activate_device(
+            connector, identity, None, "127.0.0.1", secure=True
+        ).body
+    services._RESOURCES[connector.pk] = (connector.resources_version, connector.resources)
+    return connector, tokens
+
+
+def job_for(connector, token, body, ip="198.51.100.7"):
+    return services.write_job(connector.pk, token, body, ip, secure=True)
+
+
+def test_writes_of_several_devices_are_stored_by_one_statement(line, django_assert_num_queries):
+    connector, tokens = line
+    jobs = [
+        job_for(connector, tokens["dev-0"], [("temp", "20")]),
+        job_for(connector, tokens["dev-1"], [("temp", "21"), ("setpoint", "5"), ("other", "x")]),
+        job_for(connector, tokens["dev-2"], [("setpoint", "7")]),
+    ]
+    with django_assert_num_queries(1):
+        assert batch.write_jobs(jobs) == [True, True, True]
+    stored = {
+        (d, a): (r, s)
+        for d, a, r, s in AliasValue.objects.values_list(
+            "device__identity", "alias", "reported", "set"
+        )
+    }
+    assert stored == {
+        ("dev-0", "temp"): ("20", None),
+        ("dev-1", "temp"): ("21", None),
+        ("dev-1", "setpoint"): ("5", "5"),
+        ("dev-2", "setpoint"): ("7", "7"),
+    }
+    writes = Event.objects.filter(type=EventType.DATA_IN).order_by("identity")
+    assert [e.identity for e in writes] == ["dev-0", "dev-1", "dev-2"]
+    assert writes[1].payload == {
+        "values": {"temp": "21", "setpoint": "5", "other": "x"},
+        "not_stored": ["other"],
+    }
+    assert all(str(e.source_ip) == "198.51.100.7" for e in writes)
+    seen = DeviceActivity.objects.filter(device__identity__in=["dev-0", "dev-1", "dev-2"])
+    assert {a.last_ip for a in seen} == {"198.51.100.7"}
+
+
+def test_a_write_the_statement_refuses_stores_nothing_and_the_others_are_stored(line):
+    connector, tokens = line
+    Device.objects.filter(identity="dev-1").update(locked=True)
+    unknown = "A" * 40
+    stale = job_for(connector, tokens["dev-2"], [("temp", "1")])
+    stale.resources_version -= 1  # checked against definitions that have changed since
+    jobs = [
+        job_for(connector, tokens["dev-0"], [("temp", "20")]),
+        job_for(connector, tokens["dev-1"], [("temp", "21")]),
+        job_for(connector, unknown, [("temp", "22")]),
+        stale,
+    ]
+    assert batch.write_jobs(jobs) == [True, False, False, False]
+    assert list(AliasValue.objects.values_list("device__identity", "reported")) == [("dev-0", "20")]
+    assert list(Event.objects.filter(type=EventType.DATA_IN).values_list("identity")) == [
+        ("dev-0",)
+    ]
+
+
+def test_a_write_from_an_address_over_the_failure_limit_is_not_stored(line, settings):
+    connector, tokens = line
+    settings.DEVICE_AUTH_FAILURE_LIMIT = 2
+    for _ in range(2):
+        ratelimit.note_failure(connector.pk, "198.51.100.9")
+    blocked = job_for(connector, tokens["dev-0"], [("temp", "1")], ip="198.51.100.9")
+    other = job_for(connector, tokens["dev-1"], [("temp", "2")], ip="198.51.100.10")
+    assert batch.write_jobs([blocked, other]) == [False, True]
+
+
+def test_a_failing_batch_stores_nothing_and_leaves_the_connection_usable(line):
+    connector, tokens = line
+    good = job_for(connector, tokens["dev-0"], [("temp", "20")])
+    bad = job_for(connector, tokens["dev-1"], [("temp", "21")])
+    bad.ip = "not an address"  # the statement fails as a whole
+    assert batch.write_jobs([good, bad]) == [False, False]
+    assert not AliasValue.objects.exists()
+    assert batch.write_jobs([good]) == [True]
+
+
+def claim_for(connector, identity, fingerprint=""):
+    outcome = services.activate_device(
+        connector, identity, None, "198.51.100.7", secure=True, defer=True, fingerprint=fingerprint
+    )
+    assert outcome.status == 200 and outcome.pending is not None
+    return outcome.pending
+
+
+def test_activations_are_claimed_by_one_statement(postgres, connector, django_assert_num_queries):
+    for identity in ("a-1", "a-2", "a-3"):
+        device_services.whitelist_device(connector, identity)
+    device_services.whitelist_device(connector, "a-4")
+    Device.objects.filter(identity="a-4").update(locked=True)
+    jobs = [claim_for(connector, identity) for identity in ("a-1", "a-2", "a-3", "a-4", "a-5")]
+    with django_assert_num_queries(1):
+        assert batch.claim_jobs(jobs) == [True, True, True, False, False]
+    provisioned = Device.objects.filter(state="provisioned").order_by("identity")
+    assert [d.identity for d in provisioned] == ["a-1", "a-2", "a-3"]
+    events = Event.objects.filter(type=EventType.PROVISIONED).order_by("identity")
+    assert [e.identity for e in events] == ["a-1", "a-2", "a-3"]
+    assert DeviceActivity.objects.count() == 3
+    # Claimed once: the same jobs again claim nothing.
+    assert batch.claim_jobs(jobs[:3]) == [False, False, False]
+
+
+def test_a_claim_holds_only_while_the_connector_settings_are_those_checked(postgres, connector):
+    for identity in ("b-1", "b-2"):
+        device_services.whitelist_device(connector, identity)
+    loaded, _failures = auth.load_connector(connector.pk, "198.51.100.7")
+    cached, fingerprint = auth.cached_connector(connector.pk)
+    assert cached.pk == connector.pk and len(fingerprint) == 32
+    first, second = claim_for(loaded, "b-1", fingerprint), claim_for(loaded, "b-2", fingerprint)
+    Connector.objects.filter(pk=connector.pk).update(provisioning_enabled=False)
+    assert batch.claim_jobs([first]) == [False]  # checked against settings since changed
+    assert Device.objects.get(identity="b-1").state == "whitelisted"
+    Connector.objects.filter(pk=connector.pk).update(provisioning_enabled=True)
+    assert batch.claim_jobs([first, second]) == [True, True]  # the settings checked, again
+    Connector.objects.filter(pk=connector.pk).update(ip_allowed=["10.0.0.0/8"])
+    device_services.whitelist_device(connector, "b-3")
+    assert batch.claim_jobs([claim_for(loaded, "b-3", fingerprint)]) == [False]
+
+
+# --- Through the server (PostgreSQL) ----------------------------------------------------------
+
+
+@pytest.fixture
+def devmode_connector(live_server, postgres):
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "Batch line")
+    connector.devmode = True  # plain HTTP on loopback
+    connector.save()
+    define(connector, "temp")
+    return connector
+
+
+@pytest.fixture
+def slow_batches(live_server):
+    """The server's batchers, with a first batch that takes 0.3 s: requests sent meanwhile
+    must be stored together by the next. Records every batch's size."""
+    saved = dict(live_server.app.batchers)
+    sizes: dict[type, list[int]] = {batch.WriteJob: [], batch.ClaimJob: []}
+
+    def slowed(kind):
+        def execute(jobs):
+            sizes[kind].append(len(jobs))
+            if len(sizes[kind]) == 1:
+                time.sleep(0.3)
+            return kind.execute(jobs)
+
+        return execute
+
+    for kind in sizes:
+        live_server.app.batchers[kind] = Batcher(slowed(kind), kind.max_batch)
+    yield sizes
+    for kind in sizes:
+        live_server.app.batchers.pop(kind).pool.stop()
+    live_server.app.batchers.update(saved)
+
+
+def post_activate(server, connector, identity):
+    return requests.post(
+        f"{server.url}/provision/activate",
+        data=f"id={identity}",
+        headers={
+            "Host": f"{connector.id}.localhost",
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        },
+        timeout=10,
+    )
+
+
+def test_concurrent_writes_are_stored_in_batches_and_each_answered(
+    live_server, devmode_connector, slow_batches
+):
+    devices = [activated(live_server, devmode_connector, f"w-{n:02d}") for n in range(16)]
+    # The first write teaches the process the connector's definitions (ordinary path).
+    assert devices[0].write("temp=first").status_code == 204
+    slow_batches[batch.WriteJob].clear()
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda d: d.write(f"temp={d.token[:4]}").status_code, devices))
+    assert statuses == [204] * 16
+    stored = dict(AliasValue.objects.values_list("device__identity", "reported"))
+    assert stored == {f"w-{n:02d}": devices[n].token[:4] for n in range(16)}
+    assert Event.objects.filter(type=EventType.DATA_IN).count() == 17
+    sizes = slow_batches[batch.WriteJob]
+    assert sum(sizes) == 16 and max(sizes) > 1  # stored together, not one by one
+    # The activations went through the same batcher, one claim per request.
+    assert sum(slow_batches[batch.ClaimJob]) == 16
+
+
+def test_writes_the_batch_does_not_store_are_refused_by_the_ordinary_path(
+    live_server, devmode_connector
+):
+    device = activated(live_server, devmode_connector, "locked-1")
+    Device.objects.filter(identity="locked-1").update(locked=True)
+    assert device.write("temp=1").status_code == 403
+    stranger = Device_(live_server, devmode_connector, "B" * 40)
+    assert stranger.write("temp=1").status_code == 401
+    assert not AliasValue.objects.exists()
+    assert not Event.objects.filter(type=EventType.DATA_IN).exists()
+    failed = Event.objects.filter(type=EventType.AUTH_FAILED)
+    assert failed.count() == 1  # logged once, by the ordinary path
+
+
+def test_a_failed_batch_is_answered_by_the_ordinary_path(live_server, devmode_connector):
+    device = activated(live_server, devmode_connector, "retry-1")
+    saved = live_server.app.batchers.pop(batch.WriteJob, None)
+
+    def broken(jobs):
+        raise DatabaseError("connection lost")
+
+    live_server.app.batchers[batch.WriteJob] = Batcher(broken, 64)
+    try:
+        assert device.write("temp=42").status_code == 204
+    finally:
+        live_server.app.batchers.pop(batch.WriteJob).pool.stop()
+        if saved is not None:
+            live_server.app.batchers[batch.WriteJob] = saved
+    assert AliasValue.objects.get().reported == "42"
+    assert Event.objects.filter(type=EventType.DATA_IN).count() == 1
+
+
+def test_concurrent_activations_of_one_identity_through_the_server_yield_one_token(
+    live_server, devmode_connector, slow_batches
+):
+    device_services.whitelist_device(devmode_connector, "racer-1")
+    device_services.whitelist_device(devmode_connector, "warm-up")
+    assert post_activate(live_server, devmode_connector, "warm-up").status_code == 200
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(lambda _: post_activate(live_server, devmode_connector, "racer-1"), range(8))
+        )
+    assert sorted(r.status_code for r in responses) == [200] + [409] * 7
+    token = next(r.text for r in responses if r.status_code == 200)
+    racer = Device.objects.get(identity="racer-1")
+    assert auth.keys.hashes_match(racer.secret_hash, token)
+    provisioned = Event.objects.filter(type=EventType.PROVISIONED, identity="racer-1")
+    assert provisioned.count() == 1
+    refused = Event.objects.filter(type=EventType.PROVISION_FAILED, identity="racer-1")
+    assert refused.count() == 7
+
+
+def test_an_activation_is_checked_against_settings_changed_since_they_were_read(
+    live_server, devmode_connector
+):
+    for identity in ("s-1", "s-2"):
+        device_services.whitelist_device(devmode_connector, identity)
+    assert post_activate(live_server, devmode_connector, "s-1").status_code == 200  # cached
+    Connector.objects.filter(pk=devmode_connector.pk).update(provisioning_enabled=False)
+    refused = post_activate(live_server, devmode_connector, "s-2")
+    assert refused.status_code == 403 and "disabled" in refused.text
+    assert Device.objects.get(identity="s-2").state == "whitelisted"
+    failed = Event.objects.filter(type=EventType.PROVISION_FAILED, identity="s-2")
+    assert failed.get().payload["status"] == 403
