@@ -12,6 +12,8 @@ Each write is still all-or-nothing and acknowledged only after its commit. A wri
 statement does not store (unknown token, locked device, plain HTTP, too many failures,
 definitions changed since the values were checked) is answered by the ordinary path, which
 authenticates again and gives the refusal; so is every write of a batch that failed.
+Activations work the same way (`ClaimJob`): an identity not claimed is explained by the
+ordinary path, which reads the connector afresh.
 """
 
 from __future__ import annotations
