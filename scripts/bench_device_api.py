@@ -31,7 +31,8 @@ from benchlib import PY, ROOT, seed
 # Writes come from this many devices in turn, as in the field: one device hammering one row
 # would measure row-lock waits, not the API.
 WRITERS = 200
-IDENTITIES_PER_ROUND = 15_000  # per wrk thread: more than a round activates; 5 rounds fit one import
+# Per wrk thread: more than a round activates; five rounds still fit one CSV import.
+IDENTITIES_PER_ROUND = 15_000
 WRK_THREADS = 2
 
 WRITE_LUA = textwrap.dedent(
