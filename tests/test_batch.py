@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-import requests
 from django.db import DatabaseError, connection
 
 from connector.models import Connector, Event, EventType, User
@@ -18,7 +17,7 @@ from devices.models import AliasValue, Device, DeviceActivity
 from iotconnector.front import Batcher
 from provisioning import auth, batch, ratelimit, services
 from tests.conftest import PASSWORD, define
-from tests.test_long_poll import Device_, activated
+from tests.test_long_poll import Device_, activated, post_activate
 
 # --- The batcher (pure asyncio) ---------------------------------------------------------------
 
@@ -280,18 +279,6 @@ def slow_batches(live_server):
     for kind in sizes:
         live_server.app.batchers.pop(kind).pool.stop()
     live_server.app.batchers.update(saved)
-
-
-def post_activate(server, connector, identity):
-    return requests.post(
-        f"{server.url}/provision/activate",
-        data=f"id={identity}",
-        headers={
-            "Host": f"{connector.id}.localhost",
-            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
-        },
-        timeout=10,
-    )
 
 
 def test_concurrent_writes_are_stored_in_batches_and_each_answered(

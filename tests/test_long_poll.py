@@ -83,9 +83,8 @@ class Device_:
         )
 
 
-def activated(server, connector, identity="00000001") -> Device_:
-    device_services.whitelist_device(connector, identity)
-    response = requests.post(
+def post_activate(server, connector, identity: str) -> requests.Response:
+    return requests.post(
         f"{server.url}/provision/activate",
         data=f"id={identity}",
         headers={
@@ -94,6 +93,11 @@ def activated(server, connector, identity="00000001") -> Device_:
         },
         timeout=10,
     )
+
+
+def activated(server, connector, identity="00000001") -> Device_:
+    device_services.whitelist_device(connector, identity)
+    response = post_activate(server, connector, identity)
     assert response.status_code == 200, response.text
     return Device_(server, connector, response.text)
 
