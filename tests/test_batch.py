@@ -17,7 +17,12 @@ from devices.models import AliasValue, Device, DeviceActivity
 from iotconnector.front import Batcher
 from provisioning import auth, batch, ratelimit, services
 from tests.conftest import PASSWORD, define
-from tests.test_long_poll import Device_, activated, post_activate
+from tests.test_long_poll import (
+    Device_,
+    activated,
+    devmode_connector_for_tests,
+    post_activate,
+)
 
 # --- The batcher (pure asyncio) ---------------------------------------------------------------
 
@@ -249,12 +254,7 @@ def test_a_claim_holds_only_while_the_connector_settings_are_those_checked(postg
 
 @pytest.fixture
 def devmode_connector(live_server, postgres):
-    user = User.objects.create_user("maker@example.com", PASSWORD)
-    connector = create_connector(user, "Batch line")
-    connector.devmode = True  # plain HTTP on loopback
-    connector.save()
-    define(connector, "temp")
-    return connector
+    return devmode_connector_for_tests("Batch line")
 
 
 @pytest.fixture

@@ -102,14 +102,20 @@ def activated(server, connector, identity="00000001") -> Device_:
     return Device_(server, connector, response.text)
 
 
-@pytest.fixture
-def device(live_server, transactional_db):
+def devmode_connector_for_tests(name: str):
+    """A maker's connector in developer mode (plain HTTP on loopback), `temp` and a settable
+    `setpoint` defined."""
     user = User.objects.create_user("maker@example.com", PASSWORD)
-    connector = create_connector(user, "Poll line")
-    connector.devmode = True  # plain HTTP on loopback
+    connector = create_connector(user, name)
+    connector.devmode = True
     connector.save()
     define(connector, "temp", setpoint={"format": "number", "settable": True})
-    return activated(live_server, connector)
+    return connector
+
+
+@pytest.fixture
+def device(live_server, transactional_db):
+    return activated(live_server, devmode_connector_for_tests("Poll line"))
 
 
 def wait_for_waiters(count: int) -> None:
