@@ -31,10 +31,13 @@ MULTIPART_ROOM = 1024 * 1024
 
 
 class Front:
-    def __init__(self, wsgi_app, threads: int, initializer=None):
+    def __init__(self, wsgi_app, threads: int, initializer=None, in_loop=None):
         from django.conf import settings
 
         self.app = wsgi_app
+        # environ -> (the response to send once its job is stored, the job), or None.
+        self.in_loop = in_loop
+        self.initializer = initializer
         self.pool = Pool(threads, initializer)
         self.max_body = settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
         self.batchers: dict[type, Batcher] = {}
@@ -77,7 +80,8 @@ class Front:
 
         A view may hand back a job to be stored together with others (`iot.batch`, see
         `provisioning.batch`): its answer is sent once the job is stored, and the request
-        runs again with `iot.batch.retry` set when it was not."""
+        runs again with `iot.batch.retry` set when it was not. `in_loop` offers such a job
+        without a thread hop or Django's handler (`provisioning.host.answer_in_loop`)."""
         body = await read_body(scope, receive, self.max_body)
         if body is None:
             return None  # gone before the request was complete
@@ -89,7 +93,13 @@ class Front:
         try:
             environ = build_environ(scope, body)
             environ["iot.front"] = True
-            status, headers, chunks = await self.run_sync(run_wsgi, self.app, environ, send, loop)
+            if (answer := self.answer_in_loop(environ)) is not None:
+                status, headers, chunks = answer
+            else:
+                body.seek(0)
+                status, headers, chunks = await self.run_sync(
+                    run_wsgi, self.app, environ, send, loop
+                )
             if (job := environ.get("iot.batch")) is not None and not await self.store(job):
                 body.seek(0)
                 environ = build_environ(scope, body)
@@ -103,9 +113,24 @@ class Front:
             return None  # a streamed response, already sent from its thread
         return status, headers, chunks, environ.get("iot.longpoll")
 
+    def answer_in_loop(self, environ: dict) -> tuple[int, list, list[bytes]] | None:
+        """`in_loop`'s answer, with its job set as `iot.batch`; None: Django answers."""
+        if self.in_loop is None:
+            return None
+        try:
+            found = self.in_loop(environ)
+        except Exception:
+            log.exception("answering in the event loop failed; Django answers instead")
+            return None
+        if found is None:
+            return None
+        response, environ["iot.batch"] = found
+        return response.status_code, encode_headers(response.items()), [response.content]
+
     def store(self, job) -> asyncio.Future:
         if (batcher := self.batchers.get(type(job))) is None:
-            batcher = self.batchers[type(job)] = Batcher(type(job).execute, type(job).max_batch)
+            batcher = Batcher(type(job).execute, type(job).max_batch, initializer=self.initializer)
+            self.batchers[type(job)] = batcher
         return batcher.submit(job)
 
     async def lifespan(self, receive, send) -> None:
@@ -183,11 +208,11 @@ class Batcher:
     together (the later one waits for the next batch after). A batch that raises gives every
     job False."""
 
-    def __init__(self, execute, limit: int, concurrency: int = 1):
+    def __init__(self, execute, limit: int, concurrency: int = 1, initializer=None):
         self.execute = execute
         self.limit = limit
         self.concurrency = concurrency
-        self.pool = Pool(concurrency)
+        self.pool = Pool(concurrency, initializer)
         self.pending: collections.deque = collections.deque()
         self.running = 0
         self.keys: set = set()  # of the jobs in flight

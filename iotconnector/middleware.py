@@ -53,12 +53,16 @@ class TrustedProxyMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        meta = request.META
-        peer = meta.get("REMOTE_ADDR", "")
-        meta["PEER_ADDR"] = peer
-        if is_trusted_proxy(peer):
-            meta["REMOTE_ADDR"] = client_address(meta, peer)
-        else:
-            for header in FORWARDED_HEADERS:
-                meta.pop(header, None)
+        trust_forwarded(request.META)
         return self.get_response(request)
+
+
+def trust_forwarded(meta: dict) -> None:
+    """Apply the trust boundary to a request's META, once (see `TrustedProxyMiddleware`)."""
+    peer = meta.get("REMOTE_ADDR", "")
+    meta["PEER_ADDR"] = peer
+    if is_trusted_proxy(peer):
+        meta["REMOTE_ADDR"] = client_address(meta, peer)
+    else:
+        for header in FORWARDED_HEADERS:
+            meta.pop(header, None)

@@ -127,30 +127,24 @@ CONNECTOR_FIELDS = (
 FINGERPRINT_FIELDS = tuple(
     f for f in CONNECTOR_FIELDS if f not in ("id", "resources", "resources_version")
 )
-# PostgreSQL: connector id -> (the connector as last read, the fingerprint of its settings).
+# Connector id -> (the connector as last read, the fingerprint of its settings).
 _CONNECTORS: dict[str, tuple[Connector, str]] = {}
 
 
 def fingerprint_sql(alias: str) -> str:
-    """PostgreSQL: an expression for the digest of a connector row's activation settings."""
+    """An expression for a fingerprint of a connector row's activation settings: their md5
+    on PostgreSQL, on SQLite (no md5) the settings themselves, each quoted as a literal."""
     qn = connection.ops.quote_name
-    return f"md5(ROW({', '.join(f'{alias}.{qn(f)}' for f in FINGERPRINT_FIELDS)})::text)"
+    columns = [f"{alias}.{qn(f)}" for f in FINGERPRINT_FIELDS]
+    if connection.vendor == "postgresql":
+        return f"md5(ROW({', '.join(columns)})::text)"
+    return " || ',' || ".join(f"quote({column})" for column in columns)
 
 
 def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
     """The connector's device-facing settings and this address's failure count: one query.
-    On PostgreSQL it is also kept with its fingerprint (see `cached_connector`)."""
-    qn = connection.ops.quote_name
-    table = qn(Connector._meta.db_table)
-    failure = qn(AuthFailure._meta.db_table)
-    postgresql = connection.vendor == "postgresql"
-    fingerprint = f"{fingerprint_sql('c')}, " if postgresql else ""
-    sql = (
-        f"SELECT {', '.join('c.' + qn(f) for f in CONNECTOR_FIELDS)}, {fingerprint}"  # noqa: S608
-        f"(SELECT f.count FROM {failure} f WHERE f.connector_id = c.id AND f.ip = %s"
-        f" AND f.window_start = %s) FROM {table} c WHERE c.id = %s"
-    )
-    rows = sql_run(sql, [ip, ratelimit.current_window(), connector_id])
+    The connector is also kept with its fingerprint (see `cached_connector`)."""
+    rows = sql_run(_connector_sql(), [ip, ratelimit.current_window(), connector_id])
     if not rows:
         _CONNECTORS.pop(connector_id, None)
         return None, 0
@@ -160,14 +154,26 @@ def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
         if isinstance(values[name], str):
             values[name] = json.loads(values[name])
     connector = Connector(**values)
-    if postgresql:
-        _CONNECTORS[connector_id] = (connector, row[-2])
+    _CONNECTORS[connector_id] = (connector, row[-2])
     return connector, row[-1] or 0
 
 
+@lru_cache(maxsize=1)
+def _connector_sql() -> str:
+    qn = connection.ops.quote_name
+    table = qn(Connector._meta.db_table)
+    failure = qn(AuthFailure._meta.db_table)
+    return (
+        f"SELECT {', '.join('c.' + qn(f) for f in CONNECTOR_FIELDS)}, {fingerprint_sql('c')}, "  # noqa: S608
+        f"(SELECT f.count FROM {failure} f WHERE f.connector_id = c.id AND f.ip = %s"
+        f" AND f.window_start = %s) FROM {table} c WHERE c.id = %s"
+    )
+
+
 def cached_connector(connector_id: str) -> tuple[Connector, str] | None:
-    """PostgreSQL: the connector as `load_connector` last read it, and its fingerprint; for
-    checks whose result a statement confirms (the fingerprint unchanged) before it acts."""
+    """The connector as `load_connector` last read it (in this process), and its
+    fingerprint; for checks whose result a batch confirms (the fingerprint unchanged)
+    before it acts."""
     return _CONNECTORS.get(connector_id)
 
 

@@ -1,5 +1,5 @@
-"""Group commit of device writes and activations on PostgreSQL: many requests, one
-statement, one commit.
+"""Group commit of device writes and activations: many requests, one transaction, one
+commit (on PostgreSQL, one statement).
 
 A device write's own work in the database is small (find the device by its token, upsert a
 value, append an event); what it costs is the round trip around it: the statement's start,
@@ -14,6 +14,11 @@ definitions changed since the values were checked) is answered by the ordinary p
 authenticates again and gives the refusal; so is every write of a batch that failed.
 Activations work the same way (`ClaimJob`): an identity not claimed is explained by the
 ordinary path, which reads the connector afresh.
+
+On SQLite the same checks run as a few statements in one transaction. There the batch has a
+second purpose: SQLite has one writer at a time, and threads that each open a write
+transaction wait for its lock in SQLite's busy handler, which sleeps (1, 2, 5 … 100 ms);
+one batch thread that writes for all of them never waits.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import ClassVar
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 
 from connector import events
 from connector.models import Connector, Event, EventType
+from connector.sql import insert_rows
 from connector.sql import run as sql_run
 from devices.models import AliasValue, Device, DeviceActivity, DeviceAuthType, Status
 from provisioning import auth, longpoll, ratelimit
@@ -68,9 +75,21 @@ class WriteJob:
         return write_jobs(jobs)
 
 
+VALUE_COLUMNS = ["device_id", "alias", "reported", "set", "timestamp"]
+UPSERT = {
+    "conflict": ["device_id", "alias"],
+    "update": ["reported", "timestamp"],
+    "keep_if_null": ["set"],
+}
+ACTIVITY_COLUMNS = ["device_id", "last_ip", "last_seen"]
+ACTIVITY_UPSERT = {"conflict": ["device_id"], "update": ["last_ip", "last_seen"]}
+
+
 def write_jobs(jobs: list[WriteJob]) -> list[bool]:
-    """Store the writes in one statement; whether each was stored. No two jobs may share a
-    key. A failing statement stores none (False for all) and leaves the connection usable."""
+    """Store the writes in one transaction; whether each was stored. No two jobs may share
+    a key. A failing batch stores none (False for all) and leaves the connection usable."""
+    if connection.vendor != "postgresql":
+        return _in_transaction(_store_writes, jobs, "device writes")
     # Three parameters of JSON whatever the batch size: json.dumps is C, where adapting
     # arrays element by element cost more than the rest of the batch.
     params = [
@@ -152,7 +171,7 @@ class ClaimJob:
     state: str
     auth_type: str
     secret_hash: str
-    provisioned_at: str  # ISO 8601, UTC
+    provisioned_at: datetime
     now: int  # µs
     ip: str
     summary: str  # the event's
@@ -172,13 +191,16 @@ class ClaimJob:
 
 
 def claim_jobs(jobs: list[ClaimJob]) -> list[bool]:
-    """Claim the identities in one statement (with last-seen rows and events); whether each
-    was claimed. No two jobs may share a key. A failing statement claims none."""
+    """Claim the identities in one transaction (with last-seen rows and events); whether
+    each was claimed. No two jobs may share a key. A failing batch claims none."""
+    if connection.vendor != "postgresql":
+        return _in_transaction(_store_claims, jobs, "activations")
     params = [
         json.dumps(
             [
                 [n, j.connector_id, j.identity, j.state, j.auth_type, j.secret_hash]
-                + [j.provisioned_at, j.now, j.ip, j.summary, j.payload, j.fingerprint]
+                + [j.provisioned_at.isoformat(), j.now, j.ip, j.summary, j.payload]
+                + [j.fingerprint]
                 for n, j in enumerate(jobs)
             ]
         ),
@@ -196,11 +218,144 @@ def _run(sql: str, params: list, jobs: list, what: str) -> list[bool]:
     try:
         done = {int(row[0]) for row in sql_run(sql, params)}
     except DatabaseError:
-        log.exception("a batch of %d %s failed; each is retried on its own", len(jobs), what)
-        if connection.connection is not None and not connection.is_usable():
-            connection.close()
-        return [False] * len(jobs)
+        return _failed(jobs, what)
     return [n in done for n in range(len(jobs))]
+
+
+def _in_transaction(store, jobs: list, what: str) -> list[bool]:
+    """SQLite: `store(jobs)` in one transaction; it returns the numbers of the jobs done and
+    the long polls to wake once they are committed."""
+    try:
+        with transaction.atomic():
+            done, stored = store(jobs)
+    except DatabaseError:
+        return _failed(jobs, what)
+    for device_id, aliases in stored:
+        longpoll.announce_local(device_id, aliases)
+    return [n in done for n in range(len(jobs))]
+
+
+def _failed(jobs: list, what: str) -> list[bool]:
+    log.exception("a batch of %d %s failed; each is retried on its own", len(jobs), what)
+    if connection.connection is not None and not connection.is_usable():
+        connection.close()
+    return [False] * len(jobs)
+
+
+def _store_writes(jobs: list[WriteJob]) -> tuple[set[int], list]:
+    """SQLite: the checks of `_write_sql`, a lookup per job, then values, last seen and
+    events each as one statement for the whole batch."""
+    window, limit = ratelimit.current_window(), settings.DEVICE_AUTH_FAILURE_LIMIT
+    done, values, seen, logged, stored = set(), [], [], [], []
+    for n, job in enumerate(jobs):
+        params = [job.ip, window, job.connector_id, DeviceAuthType.TOKEN, *job.hashes]
+        found = sql_run(_lookup_sql(len(job.hashes)), params)
+        if not found:
+            continue
+        device_id, identity, locked, devmode, version, last_ip, last_seen, failures = found[0]
+        if locked or not (devmode or job.secure) or (failures or 0) >= limit:
+            continue
+        if version != job.resources_version:
+            continue
+        done.add(n)
+        values += [(device_id, *row, job.now) for row in job.rows]
+        if last_ip != job.ip or last_seen is None or job.now - last_seen >= ACTIVITY_EVERY_US:
+            seen.append((device_id, job.ip, job.now))
+        logged.append(_event(job, EventType.DATA_IN, identity))
+        stored.append((device_id, [alias for alias, _reported, _set in job.rows]))
+    insert_rows(AliasValue, VALUE_COLUMNS, values, **UPSERT)
+    insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
+    insert_rows(Event, events.COLUMNS, logged)
+    return done, stored
+
+
+@lru_cache(maxsize=8)
+def _lookup_sql(hashes: int) -> str:
+    qn = connection.ops.quote_name
+    device, conn, activity, failure = (
+        qn(m._meta.db_table) for m in (Device, Connector, DeviceActivity, AuthFailure)
+    )
+    return (
+        "SELECT d.id, d.identity, d.locked, c.devmode, c.resources_version, a.last_ip,"  # noqa: S608
+        f" a.last_seen, (SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
+        f" AND f.ip = %s AND f.window_start = %s) FROM {device} d"
+        f" JOIN {conn} c ON c.id = d.connector_id LEFT JOIN {activity} a ON a.device_id = d.id"
+        f" WHERE d.connector_id = %s AND d.auth_type = %s AND {auth.token_where(hashes)}"
+    )
+
+
+def _store_claims(jobs: list[ClaimJob]) -> tuple[set[int], list]:
+    """SQLite: the checks of `_claim_sql` (settings unchanged, address under its failure
+    limit), the claims one by one, then last seen and events as one statement each."""
+    ids = list({job.connector_id for job in jobs})
+    current = dict(sql_run(_settings_sql(len(ids)), ids))
+    failures = {
+        (connector_id, ip): count
+        for connector_id, ip, count in sql_run(
+            _failures_sql(len(ids)), [ratelimit.current_window(), *ids]
+        )
+    }
+    limit = settings.DEVICE_AUTH_FAILURE_LIMIT
+    done, seen, logged = set(), [], []
+    for n, job in enumerate(jobs):
+        if job.connector_id not in current:
+            continue
+        if job.fingerprint and current[job.connector_id] != job.fingerprint:
+            continue
+        if failures.get((job.connector_id, job.ip), 0) >= limit:
+            continue
+        claimed = sql_run(*claim_statement(job))
+        if claimed:
+            done.add(n)
+            seen.append((claimed[0][0], job.ip, job.now))
+            logged.append(_event(job, EventType.PROVISIONED, job.identity))
+    insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
+    insert_rows(Event, events.COLUMNS, logged)
+    return done, []
+
+
+def _event(job: WriteJob | ClaimJob, type: str, identity: str) -> tuple:
+    summary, payload = job.summary, job.payload
+    return (job.connector_id, job.now, str(type), identity, job.ip, None, "", summary, payload)
+
+
+@lru_cache(maxsize=8)
+def _settings_sql(ids: int) -> str:
+    table = connection.ops.quote_name(Connector._meta.db_table)
+    marks = ", ".join(["%s"] * ids)
+    return f"SELECT c.id, {auth.fingerprint_sql('c')} FROM {table} c WHERE c.id IN ({marks})"  # noqa: S608
+
+
+@lru_cache(maxsize=8)
+def _failures_sql(ids: int) -> str:
+    table = connection.ops.quote_name(AuthFailure._meta.db_table)
+    return (
+        f"SELECT connector_id, ip, count FROM {table} WHERE window_start = %s"  # noqa: S608
+        f" AND connector_id IN ({', '.join(['%s'] * ids)})"
+    )
+
+
+CLAIMED_FIELDS = ("state", "auth_type", "secret_hash", "provisioned_at")
+
+
+def claim_statement(job: ClaimJob) -> tuple[str, list]:
+    """The one-time step as one conditional UPDATE: of concurrent activations of an identity,
+    only one can still find it whitelisted (in its window) or flagged for reprovision."""
+    provisioned_at = connection.ops.adapt_datetimefield_value(job.provisioned_at)
+    params = [job.state, job.auth_type, job.secret_hash, provisioned_at, job.connector_id]
+    params += [job.identity, False, Status.REPROVISION, Status.WHITELISTED, job.now]
+    return _claim_one_sql(), params
+
+
+@lru_cache(maxsize=1)
+def _claim_one_sql() -> str:
+    qn = connection.ops.quote_name
+    sets = ", ".join(f"{qn(name)} = %s" for name in CLAIMED_FIELDS)
+    return (
+        f"UPDATE {qn(Device._meta.db_table)} SET {sets}"  # noqa: S608
+        " WHERE connector_id = %s AND identity = %s AND locked = %s"
+        " AND (state = %s OR (state = %s AND (expire IS NULL OR expire >= %s))) RETURNING id"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -112,10 +112,10 @@ def activate_device(
 ) -> Outcome:
     """`POST /provision/activate` after transport, rate and content-type checks (SPEC §3).
 
-    On PostgreSQL the claim is a `batch.ClaimJob`, which claims only while the connector's
-    settings still have the `fingerprint` they were checked with (see `auth.load_connector`)
-    and the address is not over its failure limit. With `defer`, it is returned unrun as the
-    outcome's `pending` job, for the server to send together with other activations: the
+    The claim is a `batch.ClaimJob`, which claims only while the connector's settings still
+    have the `fingerprint` they were checked with (see `auth.load_connector`; "": not
+    checked) and the address is not over its failure limit. With `defer`, it is returned
+    unrun as the outcome's `pending` job, for the server to send with other activations: the
     outcome holds once it is stored, and when it was not, the caller asks again without
     `defer` to learn why."""
     if refusal := activation_refusal(connector, identity, password, ip):
@@ -142,26 +142,28 @@ def activate_device(
         source_ip=ip,
         payload={"auth_type": auth_type, "secure": secure},
     )
-    if connection.vendor == "postgresql":
-        job = batch.ClaimJob(
-            connector.pk,
-            identity,
-            state,
-            auth_type,
-            fields["secret_hash"],
-            now_dt.isoformat(),
-            now,
-            ip,
-            event[7],
-            event[8],
-            fingerprint,
-        )
-        if defer:
-            return replace(_provisioned(auth_type, credential), pending=job)
-        if batch.claim_jobs([job])[0]:
-            return _provisioned(auth_type, credential)
+    job = batch.ClaimJob(
+        connector.pk,
+        identity,
+        state,
+        auth_type,
+        fields["secret_hash"],
+        now_dt,
+        now,
+        ip,
+        event[7],
+        event[8],
+        fingerprint,
+    )
+    if defer:
+        return replace(_provisioned(auth_type, credential), pending=job)
+    if connection.vendor == "postgresql" and batch.claim_jobs([job])[0]:
+        return _provisioned(auth_type, credential)  # one statement: claim, last seen, event
     with transaction.atomic():
-        device_id = _claim(connector.pk, identity, fields, now)
+        # Claim it if the settings just read allow it (a batch checked those it cached),
+        # else find out why not.
+        claimed = sql_run(*batch.claim_statement(job))
+        device_id = claimed[0][0] if claimed else None
         if device_id is None:
             existing = (
                 Device.objects.filter(connector_id=connector.pk, identity=identity)
@@ -198,13 +200,8 @@ def activate_device(
                 return _fail(
                     connector, identity, ip, 409, "identity already provisioned", count=True
                 )
-        insert_rows(
-            DeviceActivity,
-            ["device_id", "last_ip", "last_seen"],
-            [(device_id, ip, now)],
-            conflict=["device_id"],
-            update=["last_ip", "last_seen"],
-        )
+        activity = [(device_id, ip, now)]
+        insert_rows(DeviceActivity, batch.ACTIVITY_COLUMNS, activity, **ACTIVITY_UPSERT)
         insert_rows(Event, events.COLUMNS, [event])
     return _provisioned(auth_type, credential)
 
@@ -215,59 +212,18 @@ def _provisioned(auth_type: str, credential: str) -> Outcome:
     return Outcome(200, credential)
 
 
-def _claim_sql(connector_id: str, identity: str, fields: dict, now: int) -> tuple[str, list]:
-    """The one-time step as one conditional UPDATE: of concurrent activations of an identity,
-    only one can still find it whitelisted (in its window) or flagged for reprovision."""
-    values = [
-        connection.ops.adapt_datetimefield_value(v) if name == "provisioned_at" else v
-        for name, v in fields.items()
-    ]
-    params = [*values, connector_id, identity, False, Status.REPROVISION, Status.WHITELISTED, now]
-    return _claim_text(connection.vendor, tuple(fields)), params
-
-
-@lru_cache(maxsize=8)
-def _claim_text(vendor: str, names: tuple[str, ...]) -> str:
-    qn = connection.ops.quote_name
-    sets = ", ".join(f"{qn(name)} = %s" for name in names)
-    return (
-        f"UPDATE {qn(Device._meta.db_table)} SET {sets}"  # noqa: S608
-        " WHERE connector_id = %s AND identity = %s AND locked = %s"
-        " AND (state = %s OR (state = %s AND (expire IS NULL OR expire >= %s))) RETURNING id"
-    )
-
-
-def _claim(connector_id: str, identity: str, fields: dict, now: int) -> int | None:
-    sql, params = _claim_sql(connector_id, identity, fields, now)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return row[0] if row else None
-
-
 def touch(device: DeviceContext, ip: str, now: int) -> None:
     """Record last IP / last seen in the narrow activity row, at most once a minute."""
     if device.last_ip == ip and now - (device.last_seen or 0) < ACTIVITY_EVERY_US:
         return
-    insert_rows(
-        DeviceActivity,
-        ["device_id", "last_ip", "last_seen"],
-        [(device.pk, ip, now)],
-        conflict=["device_id"],
-        update=["last_ip", "last_seen"],
-    )
+    insert_rows(DeviceActivity, batch.ACTIVITY_COLUMNS, [(device.pk, ip, now)], **ACTIVITY_UPSERT)
 
 
 def _short(value: str) -> str:
     return value if len(value) <= EVENT_VALUE_CHARS else value[:EVENT_VALUE_CHARS] + "…"
 
 
-VALUE_COLUMNS = ["device_id", "alias", "reported", "set", "timestamp"]
-UPSERT = {
-    "conflict": ["device_id", "alias"],
-    "update": ["reported", "timestamp"],
-    "keep_if_null": ["set"],
-}
+VALUE_COLUMNS, UPSERT, ACTIVITY_UPSERT = batch.VALUE_COLUMNS, batch.UPSERT, batch.ACTIVITY_UPSERT
 # connector id -> (resources version, definitions): lets the one-statement write check values
 # before it runs; the statement itself verifies the version is still current.
 _RESOURCES: dict[str, tuple[int, dict]] = {}

@@ -64,9 +64,9 @@ def timestamp(request: HttpRequest, connector_id: str) -> HttpResponse:
 def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
     if request.method != "POST":
         return text(405)
-    ip = client_ip(request)
-    if (answer := _activate_in_batch(request, connector_id, ip)) is not None:
+    if (answer := activate_in_batch(request, connector_id)) is not None:
         return answer
+    ip = client_ip(request)
     connector, failures = load_connector(connector_id, ip)
     if connector is None:
         return text(404)
@@ -81,7 +81,6 @@ def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
     identity = fields.get("id", fields.get("sn"))
     if not identity:
         return text(400, "id is required")
-    cached = cached_connector(connector_id)
     outcome = services.activate_device(
         connector,
         identity,
@@ -89,7 +88,6 @@ def activate(request: HttpRequest, connector_id: str) -> HttpResponse:
         ip,
         secure=request.is_secure(),
         defer=_batched(request),
-        fingerprint=cached[1] if cached else "",
     )
     if outcome.pending is not None:
         request.META["iot.batch"] = outcome.pending  # answered once the front stored it
@@ -101,14 +99,15 @@ def _batched(request: HttpRequest) -> bool:
     return bool(request.META.get("iot.front")) and "iot.batch.retry" not in request.META
 
 
-def _activate_in_batch(request: HttpRequest, connector_id: str, ip: str) -> HttpResponse | None:
-    """PostgreSQL under the server: an activation checked against the connector's settings as
-    last read, with no query here. Its claim goes in a batch and holds only if those
+def activate_in_batch(request: HttpRequest, connector_id: str) -> HttpResponse | None:
+    """Under the server: an activation checked against the connector's settings as last
+    read, with no query here. Its claim goes in a batch and holds only if those
     settings are unchanged and the address is under the failure limit. None: the ordinary
     path answers (it reads the settings afresh and gives, and logs, every refusal)."""
     if not _batched(request) or (cached := cached_connector(connector_id)) is None:
         return None
     connector, fingerprint = cached
+    ip = client_ip(request)
     if not transport_ok(request, connector):
         return None
     try:
@@ -135,8 +134,10 @@ def alias(request: HttpRequest, connector_id: str) -> HttpResponse:
     """Read (GET), write (POST) and hybrid write-then-read (POST with a query string)."""
     if request.method not in ("GET", "POST"):
         return text(405)
-    if request.method == "POST" and connection.vendor == "postgresql":
-        if (answer := _write_in_one_statement(request, connector_id)) is not None:
+    if request.method == "POST" and (connection.vendor == "postgresql" or _batched(request)):
+        # On PostgreSQL even alone: one statement. On SQLite, under the server: one thread
+        # writes for all (see provisioning.batch).
+        if (answer := write_in_batch(request, connector_id)) is not None:
             return answer
     device = authenticate(request, connector_id)
     if isinstance(device, HttpResponse):
@@ -196,13 +197,13 @@ def long_poll(request: HttpRequest, device, aliases: list[str], ip: str) -> Http
     return response
 
 
-def _write_in_one_statement(request: HttpRequest, connector_id: str) -> HttpResponse | None:
-    """The common write (token, no read-back, valid body) on PostgreSQL: one statement that
-    authenticates and stores, sent together with the writes of other requests
-    (`provisioning.batch`). Under the server the statement runs after this thread is free;
-    the 204 returned here is sent once it committed, and otherwise the request comes back
-    with `iot.batch.retry` set. None means: answer through the ordinary path (which also
-    gives every refusal)."""
+def write_in_batch(request: HttpRequest, connector_id: str) -> HttpResponse | None:
+    """The common write (token, no read-back, valid body): authenticated and stored together
+    with the writes of other requests (`provisioning.batch`; one statement on PostgreSQL),
+    with no query here. Under the server the batch runs after this returns; the 204
+    returned here is sent once it committed, and otherwise the request comes back with
+    `iot.batch.retry` set. None means: answer through the ordinary path (which also gives
+    every refusal)."""
     token = read_credentials(request).token
     if token is None or request.META.get("QUERY_STRING") or "iot.batch.retry" in request.META:
         return None

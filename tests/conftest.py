@@ -106,6 +106,7 @@ class FrontServer:
         from django.test.utils import modify_settings
 
         from iotconnector.front import Front
+        from provisioning.host import answer_in_loop
 
         # An in-memory SQLite test database lives in the test thread's connection: share it.
         shared = {
@@ -122,7 +123,12 @@ class FrontServer:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        app = Front(StaticFilesHandler(get_wsgi_application()), 4, use_shared_connections)
+        app = Front(
+            StaticFilesHandler(get_wsgi_application()),
+            4,
+            use_shared_connections,
+            in_loop=answer_in_loop,
+        )
         self.app = app
         config = uvicorn.Config(
             app, http="httptools", lifespan="on", proxy_headers=False, log_level="warning"
