@@ -4,6 +4,7 @@ stored, the rest on the ordinary path; and the event loop's own answer to them
 (provisioning.host.answer_in_loop)."""
 
 import asyncio
+import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,9 @@ from connector.models import Connector, Event, EventType, User
 from connector.services import create_connector
 from devices import services as device_services
 from devices.models import AliasValue, Device, DeviceActivity
-from iotconnector.front import Batcher
+from iotconnector.front import Batcher, build_environ, run_wsgi
 from provisioning import auth, batch, ratelimit, services
+from provisioning.host import answer_in_loop
 from tests.conftest import PASSWORD, define
 from tests.test_long_poll import (
     Device_,
@@ -142,9 +144,7 @@ def job_for(connector, token, body, ip="198.51.100.7"):
     return services.write_job(connector.pk, token, body, ip, secure=True)
 
 
-def test_writes_of_several_devices_are_stored_in_one_transaction(
-    line, django_assert_num_queries
-):
+def test_writes_of_several_devices_are_stored_in_one_transaction(line, django_assert_num_queries):
     connector, tokens = line
     jobs = [
         job_for(connector, tokens["dev-0"], [("temp", "20")]),
@@ -380,3 +380,150 @@ def test_an_activation_is_checked_against_settings_changed_since_they_were_read(
     assert Device.objects.get(identity="s-2").state == "whitelisted"
     failed = Event.objects.filter(type=EventType.PROVISION_FAILED, identity="s-2")
     assert failed.get().payload["status"] == 403
+
+
+# --- Answered in the event loop (provisioning.host.answer_in_loop) ----------------------------
+
+
+def loop_environ(connector, path="/provision/activate", body=b"id=e-1", **headers):
+    """The environ the front builds for a request from `peer` (default loopback)."""
+    peer = headers.pop("peer", "127.0.0.1")
+    query = headers.pop("query", b"")
+    raw = {
+        "host": f"{connector.id}.localhost",
+        "content-type": "application/x-www-form-urlencoded",
+        "content-length": str(len(body)),
+        **{name.replace("_", "-"): value for name, value in headers.items()},
+    }
+    scope = {
+        "method": headers.pop("method", "POST"),
+        "path": path,
+        "query_string": query,
+        "http_version": "1.1",
+        "client": (peer, 40000),
+        "headers": [(k.encode(), v.encode()) for k, v in raw.items() if v is not None],
+    }
+    environ = build_environ(scope, io.BytesIO(body))
+    environ["iot.front"] = True
+    return environ
+
+
+@pytest.fixture
+def cached_line(line):
+    """`line`, in developer mode, its settings read (and kept) by this process."""
+    connector, tokens = line
+    Connector.objects.filter(pk=connector.pk).update(devmode=True)
+    auth.load_connector(connector.pk, "127.0.0.1")
+    return connector, tokens
+
+
+def test_the_loop_takes_an_activation_with_the_address_seen_through_trusted_proxies(
+    cached_line, django_assert_num_queries
+):
+    connector, _tokens = cached_line
+    device_services.whitelist_device(connector, "e-1")
+    environ = loop_environ(connector, x_forwarded_for="203.0.113.5")
+    before = dict(environ)
+    with django_assert_num_queries(0):
+        response, job = answer_in_loop(environ)
+    assert response.status_code == 200 and len(response.content) == 40
+    assert isinstance(job, batch.ClaimJob) and job.identity == "e-1"
+    assert job.ip == "203.0.113.5"  # the loopback proxy is trusted
+    assert environ == before  # the ordinary path, if needed, starts from the request as sent
+    assert auth.keys.hashes_match(job.secret_hash, response.content.decode())
+    # From an untrusted peer, the forwarded address is not believed.
+    _response, job = answer_in_loop(
+        loop_environ(connector, peer="198.51.100.20", x_forwarded_for="203.0.113.5")
+    )
+    assert job.ip == "198.51.100.20"
+
+
+def test_the_loop_takes_a_token_write(cached_line, django_assert_num_queries):
+    connector, tokens = cached_line
+    environ = loop_environ(
+        connector, "/onep:v1/stack/alias", b"temp=20", x_exosite_cik=tokens["dev-0"]
+    )
+    with django_assert_num_queries(0):
+        response, job = answer_in_loop(environ)
+    assert response.status_code == 204
+    assert isinstance(job, batch.WriteJob) and job.rows == [("temp", "20", None)]
+    assert batch.write_jobs([job]) == [True]
+    assert AliasValue.objects.get().reported == "20"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"method": "GET"},
+        {"path": "/timestamp"},
+        {"host": "localhost"},  # the management host
+        {"host": "unknown-host.example"},  # not in ALLOWED_HOSTS: Django answers 400
+        {"host": "nosuchconnector00.localhost"},  # not known here: the ordinary path's 404
+        {"query": b"temp"},  # a hybrid write-read
+        {"body": b""},
+        {"body": b"temp=%zz"},
+        {"body": b"setpoint=x"},  # refused by its definition, after authentication
+        {"content_type": "text/plain"},
+        {"x_exosite_cik": "short"},
+        {"x_exosite_cik": None, "authorization": "Basic ZGV2LTA6c2VjcmV0"},  # identity:password
+    ],
+)
+def test_the_loop_leaves_every_other_write_to_the_ordinary_path(cached_line, change):
+    connector, tokens = cached_line
+    fields = {"method": "POST", "path": "/onep:v1/stack/alias", "body": b"temp=20"}
+    fields |= {"x_exosite_cik": tokens["dev-0"], **change}
+    environ = loop_environ(connector, fields.pop("path"), fields.pop("body"), **fields)
+    assert answer_in_loop(environ) is None
+
+
+def test_the_loop_leaves_activations_it_cannot_decide_to_the_ordinary_path(line):
+    connector, _tokens = line
+    device_services.whitelist_device(connector, "e-1")
+    assert answer_in_loop(loop_environ(connector)) is None  # settings not read yet
+    auth.load_connector(connector.pk, "127.0.0.1")
+    assert answer_in_loop(loop_environ(connector)) is None  # plain HTTP, not developer mode
+    secure = loop_environ(connector, x_forwarded_proto="https")
+    assert answer_in_loop(secure) is not None  # from the trusted proxy, over TLS
+    assert answer_in_loop(loop_environ(connector, x_forwarded_proto="https", body=b"")) is None
+    # An identity the format refuses: the ordinary path refuses it and logs why.
+    assert (
+        answer_in_loop(loop_environ(connector, x_forwarded_proto="https", body=b"id=a b")) is None
+    )
+    Connector.objects.filter(pk=connector.pk).update(provisioning_enabled=False)
+    auth.load_connector(connector.pk, "127.0.0.1")
+    assert answer_in_loop(loop_environ(connector, x_forwarded_proto="https")) is None
+
+
+@pytest.fixture
+def django_runs(live_server, monkeypatch):
+    """Counts the requests the server hands to Django (the rest it answered in its loop)."""
+    runs = []
+    run_sync = live_server.app.run_sync
+
+    def counted(function, *args):
+        if function is run_wsgi:
+            runs.append(args[1]["PATH_INFO"])
+        return run_sync(function, *args)
+
+    monkeypatch.setattr(live_server.app, "run_sync", counted)
+    return runs
+
+
+def test_a_write_answered_in_the_loop_looks_like_one_answered_by_django(
+    live_server, devmode_connector, django_runs
+):
+    device = activated(live_server, devmode_connector, "same-1")  # first read of the settings
+    by_django = device.write("temp=1")  # the first: the process learns the definitions
+    assert django_runs == ["/provision/activate", "/onep:v1/stack/alias"]
+    in_loop = device.write("temp=2")
+    assert len(django_runs) == 2  # not handed to Django
+    assert (by_django.status_code, in_loop.status_code) == (204, 204)
+    assert in_loop.content == by_django.content == b""
+    assert dict(in_loop.headers) == dict(by_django.headers)
+    assert AliasValue.objects.get().reported == "2"
+    assert Event.objects.filter(type=EventType.DATA_IN).count() == 2
+    # An activation, once the settings are known, is answered in the loop too.
+    device_services.whitelist_device(devmode_connector, "same-2")
+    assert post_activate(live_server, devmode_connector, "same-2").status_code == 200
+    assert len(django_runs) == 2
+    assert Device.objects.get(identity="same-2").state == "devmode"
