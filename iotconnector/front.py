@@ -6,6 +6,10 @@ database connections are never reused; here Django runs as under a threaded WSGI
 (each pool thread keeps its connection), while the event loop owns the sockets. A long poll
 that has to wait leaves its thread at once (see `provisioning.longpoll`), so thousands of
 waiting polls cost no thread and no database connection.
+
+Device writes and activations are stored by group commit (`Batcher`, `provisioning.batch`),
+and the hot ones never reach a Django thread: `in_loop` (`provisioning.host.answer_in_loop`)
+checks them in the event loop and hands back the job to store.
 """
 
 from __future__ import annotations

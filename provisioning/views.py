@@ -199,11 +199,11 @@ def long_poll(request: HttpRequest, device, aliases: list[str], ip: str) -> Http
 
 def write_in_batch(request: HttpRequest, connector_id: str) -> HttpResponse | None:
     """The common write (token, no read-back, valid body): authenticated and stored together
-    with the writes of other requests (`provisioning.batch`; one statement on PostgreSQL),
-    with no query here. Under the server the batch runs after this returns; the 204
-    returned here is sent once it committed, and otherwise the request comes back with
-    `iot.batch.retry` set. None means: answer through the ordinary path (which also gives
-    every refusal)."""
+    with the writes of other requests (`provisioning.batch`; one statement on PostgreSQL).
+    Under the server this makes no query: the batch runs after it returns, the 204 returned
+    here is sent once it committed, and otherwise the request comes back with
+    `iot.batch.retry` set. Without the server (PostgreSQL only) it runs a batch of one.
+    None means: answer through the ordinary path (which also gives every refusal)."""
     token = read_credentials(request).token
     if token is None or request.META.get("QUERY_STRING") or "iot.batch.retry" in request.META:
         return None

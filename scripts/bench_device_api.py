@@ -9,7 +9,9 @@ rounds (medians)
   baseline  GET /healthz on the management host (a no-op Django view, full middleware stack)
   write     POST /onep:v1/stack/alias, token auth, one defined alias (SPEC §3), 200 devices in turn
   activate  POST /provision/activate, a fresh whitelisted identity per request
-and prints requests/s and each ratio to the baseline measured in the same run. wrk comes from
+and prints requests/s and each ratio to the baseline measured in the same run, and where the
+time goes: CPU per request of the server processes (app) and of PostgreSQL's processes (db),
+from /proc, and the share of the machine's CPU left idle during the run. wrk comes from
 Debian (`apt install wrk`). Nothing here is asserted: it reports.
 """
 
@@ -24,6 +26,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from benchlib import PY, ROOT, seed
@@ -95,6 +98,43 @@ def prepare(env: dict, rounds: int, per_round: int) -> dict:
     return seed(env, {"temp": {"format": "number"}}, code)
 
 
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * TICK_S
+
+
+def processes(parent: int | None = None, name: str | None = None) -> list[int]:
+    """Pids of `parent` and its children, or of every process called `name`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, rest = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        pid, comm, ppid = int(entry.name), head.split("(", 1)[1], int(rest.split()[1])
+        if pid == parent or ppid == parent or (name is not None and comm == name):
+            found.append(pid)
+    return found
+
+
+def idle_seconds() -> tuple[float, float]:
+    """The machine's (idle, total) CPU time so far, in seconds."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (values[3] + values[4]) * TICK_S, sum(values[:8]) * TICK_S
+
+
 def wrk(
     url: str,
     seconds: int,
@@ -102,7 +142,10 @@ def wrk(
     headers: list[str],
     script: str | None,
     lua_vars: str = "",
+    measured: dict[str, Callable[[], list[int]]] | None = None,
 ) -> dict:
+    """One wrk run; with `measured` (name -> its processes), their CPU per request, and the
+    share of the machine's CPU left idle."""
     args = ["wrk", "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds}s", "--latency"]
     for header in headers:
         args += ["-H", header]
@@ -112,16 +155,24 @@ def wrk(
         tmp.write(lua_vars + script)
         tmp.close()
         args += ["-s", tmp.name]
+    pids = {name: find() for name, find in (measured or {}).items()}
+    before = {name: cpu_seconds(found) for name, found in pids.items()}
+    idle_before, total_before = idle_seconds()
     out = subprocess.run([*args, url], capture_output=True, text=True).stdout
+    idle_after, total_after = idle_seconds()
+    after = {name: cpu_seconds(found) for name, found in pids.items()}
     if tmp:
         os.unlink(tmp.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     p99 = re.search(r"99%\s+([\d.]+\w+)", out)
     return {
         "rps": rps,
         "non2xx": int(bad.group(1)) if bad else 0,
         "p99": p99.group(1) if p99 else "?",
+        "cpu_ms": {name: (after[name] - before[name]) * 1000 / max(requests, 1) for name in pids},
+        "idle": (idle_after - idle_before) / max(total_after - total_before, 1e-9),
     }
 
 
@@ -178,14 +229,16 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
             "activate": (base, ACTIVATE_LUA, f'host_header = "{host}"\n'),
         }
         runs: dict[str, list[dict]] = {scenario: [] for scenario in scenarios}
+        measured = {"app": lambda: processes(parent=server.pid)}
+        if database_url.startswith("postgres"):
+            measured["db"] = lambda: processes(name="postgres")
         # Interleaved rounds (round 0 is a short warm-up), medians reported: a noisy
         # neighbour then skews every scenario alike. Each round activates fresh identities.
         for round_no in range(args.rounds + 1):
             for scenario, (url, script, lua_vars) in scenarios.items():
                 lua = lua_vars + f"first_id = {round_no * per_round}\n"
-                result = wrk(
-                    url, args.seconds if round_no else 1, args.connections, [], script, lua
-                )
+                seconds = args.seconds if round_no else 1
+                result = wrk(url, seconds, args.connections, [], script, lua, measured)
                 if round_no:
                     runs[scenario].append(result)
         results = {scenario: median_run(found) for scenario, found in runs.items()}
@@ -197,9 +250,11 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
     for key, result in results.items():
         ratio = result["rps"] / baseline
         note = f", {result['non2xx']} non-2xx" if result["non2xx"] else ""
+        cpu = "  ".join(f"{name} {ms:.3f}" for name, ms in result["cpu_ms"].items())
         print(
             f"  {key:9s} {result['rps']:9.0f} req/s  {ratio:6.1%} of baseline  "
-            f"p99 {result['p99']}  (runs: {result['all']}){note}"
+            f"p99 {result['p99']}  (runs: {result['all']}){note}\n"
+            f"  {'':9s} CPU ms/request: {cpu}  idle {result['idle']:.0%}"
         )
 
 
