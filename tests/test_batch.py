@@ -5,6 +5,7 @@ stored, the rest on the ordinary path; and the event loop's own answer to them
 
 import asyncio
 import io
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from tests.test_long_poll import (
     activated,
     devmode_connector_for_tests,
     post_activate,
+    sqlite_servers,
 )
 
 # --- The batcher (pure asyncio) ---------------------------------------------------------------
@@ -527,3 +529,61 @@ def test_a_write_answered_in_the_loop_looks_like_one_answered_by_django(
     assert post_activate(live_server, devmode_connector, "same-2").status_code == 200
     assert len(django_runs) == 2
     assert Device.objects.get(identity="same-2").state == "devmode"
+
+
+# --- SQLite under the production server, two processes on one file ---------------------------
+
+
+@pytest.fixture
+def sqlite_pair(tmp_path):
+    servers, connector, tokens = sqlite_servers(tmp_path, devices=12, whitelisted=("racer-1",))
+    yield servers, connector, tokens, tmp_path / "db.sqlite3"
+    for server in servers:
+        server.stop()
+
+
+def test_sqlite_concurrent_writes_to_two_server_processes_are_each_stored_once(sqlite_pair):
+    servers, connector, tokens, database = sqlite_pair
+    devices = [Device_(servers[n % 2], connector, token) for n, token in enumerate(tokens)]
+
+    def write_five(device):
+        return [device.write(f"temp={device.token[:6]}-{n}").status_code for n in range(5)]
+
+    with ThreadPoolExecutor(12) as pool:
+        statuses = [status for written in pool.map(write_five, devices) for status in written]
+    assert statuses == [204] * 60
+    with sqlite3.connect(database) as db:
+        stored = dict(
+            db.execute(
+                "SELECT d.secret_hash, v.reported FROM devices_aliasvalue v"
+                " JOIN devices_device d ON d.id = v.device_id"
+            )
+        )
+        events = db.execute(
+            "SELECT count(*) FROM connector_event WHERE type = ?", [str(EventType.DATA_IN)]
+        ).fetchone()[0]
+    assert sorted(stored.values()) == sorted(f"{d.token[:6]}-4" for d in devices)
+    assert events == 60
+
+
+def test_sqlite_concurrent_activations_across_two_server_processes_yield_one_token(
+    sqlite_pair,
+):
+    servers, connector, _tokens, database = sqlite_pair
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(lambda n: post_activate(servers[n % 2], connector, "racer-1"), range(8))
+        )
+    assert sorted(r.status_code for r in responses) == [200] + [409] * 7
+    token = next(r.text for r in responses if r.status_code == 200)
+    for server in servers:  # the token the one winner got is the one stored
+        assert Device_(server, connector, token).write("temp=1").status_code == 204
+    with sqlite3.connect(database) as db:
+        logged = dict(
+            db.execute(
+                "SELECT type, count(*) FROM connector_event WHERE identity = 'racer-1'"
+                " GROUP BY type"
+            )
+        )
+    assert logged[str(EventType.PROVISIONED)] == 1
+    assert logged[str(EventType.PROVISION_FAILED)] == 7

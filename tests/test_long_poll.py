@@ -440,10 +440,10 @@ def test_a_write_while_the_listen_connection_is_down_still_answers_the_poll(devi
     assert listener_pids() and listener_pids() != [listener]
 
 
-@pytest.fixture
-def sqlite_processes(tmp_path):
-    """Two production server processes on one SQLite file (their own DATA_DIR), a connector,
-    and a provisioned device's token."""
+def sqlite_servers(tmp_path, devices: int = 1, whitelisted: tuple[str, ...] = ()):
+    """Two production server processes on one SQLite file (their own DATA_DIR), a connector
+    in developer mode with `temp` defined, `devices` provisioned devices (their tokens) and
+    more identities whitelisted. Skips outside the SQLite pass of the suite."""
     import json
     import os
     import subprocess
@@ -453,11 +453,11 @@ def sqlite_processes(tmp_path):
     from django.db import connection
 
     if connection.vendor != "sqlite":
-        pytest.skip("SQLite's wake-ups between processes: runs in the SQLite pass of the suite")
+        pytest.skip("SQLite between server processes: runs in the SQLite pass of the suite")
     root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {"DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "iotconnector.settings"}
-    seed = """
+    seed = f"""
 import json, django
 django.setup()
 from django.core.management import call_command
@@ -469,12 +469,17 @@ from devices.services import whitelist_device
 from provisioning.services import activate_device
 connector = create_connector(User.objects.create_user("m@example.com", "pw-123456789"), "Two")
 connector.devmode = True
-connector.resources = check_definitions({"temp": {}})
+connector.resources = check_definitions({{"temp": {{}}}})
 connector.resources_version += 1
 connector.save()
-whitelist_device(connector, "00000001")
-token = activate_device(connector, "00000001", None, "127.0.0.1", secure=False).body
-print(json.dumps({"connector": connector.id, "token": token}))
+tokens = []
+for n in range({devices}):
+    whitelist_device(connector, f"{{n + 1:08d}}")
+    tokens.append(
+        activate_device(connector, f"{{n + 1:08d}}", None, "127.0.0.1", secure=False).body)
+for identity in {list(whitelisted)!r}:
+    whitelist_device(connector, identity)
+print(json.dumps({{"connector": connector.id, "tokens": tokens}}))
 """
     out = subprocess.run(
         [sys.executable, "-c", seed], env=env, cwd=root, capture_output=True, text=True
@@ -482,7 +487,14 @@ print(json.dumps({"connector": connector.id, "token": token}))
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout.strip().splitlines()[-1])
     servers = [ServerProcess(None, env), ServerProcess(None, env)]
-    yield servers, SimpleNamespace(id=info["connector"]), info["token"]
+    return servers, SimpleNamespace(id=info["connector"]), info["tokens"]
+
+
+@pytest.fixture
+def sqlite_processes(tmp_path):
+    """`sqlite_servers` with one device, and its token."""
+    servers, connector, tokens = sqlite_servers(tmp_path)
+    yield servers, connector, tokens[0]
     for server in servers:
         server.stop()
 
