@@ -24,8 +24,11 @@ def _database_is_sqlite() -> bool:
 # Workers: one per core on PostgreSQL. Each worker is an event loop with its own threads
 # already; with two per core the no-op view answered fewer requests (7,300 against 7,900/s)
 # and device writes were stored in smaller batches (provisioning.batch). SQLite has a single
-# writer: more processes only queue on its lock (activations then wait up to half a
-# second), so it runs one unless WEB_CONCURRENCY says otherwise. Long-poll wake-ups reach
+# writer, and the embedded default runs one process unless WEB_CONCURRENCY says otherwise:
+# device writes and activations then never wait on another process. With two, the device
+# API answered a third more, the processes' batches taking turns on a file lock (see the
+# README's benchmarks); other writes (reads' events, records, imports) still wait on
+# SQLite's own lock, whose busy handler sleeps. Long-poll wake-ups reach
 # every worker either way: PostgreSQL NOTIFY, or datagrams between the workers of one
 # DATA_DIR (provisioning.wakebus).
 default_workers = 1 if _database_is_sqlite() else multiprocessing.cpu_count()

@@ -4,6 +4,7 @@ stored, the rest on the ordinary path; and the event loop's own answer to them
 (provisioning.host.answer_in_loop)."""
 
 import asyncio
+import fcntl
 import io
 import sqlite3
 import threading
@@ -587,3 +588,18 @@ def test_sqlite_concurrent_activations_across_two_server_processes_yield_one_tok
         )
     assert logged[str(EventType.PROVISIONED)] == 1
     assert logged[str(EventType.PROVISION_FAILED)] == 7
+
+
+def test_sqlite_batches_take_turns_on_a_file_lock_beside_the_database(sqlite_pair):
+    servers, connector, tokens, database = sqlite_pair
+    device = Device_(servers[0], connector, tokens[0])
+    assert device.write("temp=first").status_code == 204  # the process learns the definitions
+    with open(f"{database}.batch-lock", "a") as lock, ThreadPoolExecutor(1) as pool:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another process's batch would
+        writing = pool.submit(device.write, "temp=second")
+        time.sleep(0.3)
+        assert not writing.done()  # the batch waits for the lock
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        assert writing.result(timeout=10).status_code == 204
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT reported FROM devices_aliasvalue").fetchall() == [("second",)]
