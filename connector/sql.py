@@ -85,6 +85,11 @@ def insert_rows(
     return run(sql, [value for row in rows for value in row], fetch=bool(returning))
 
 
+def tables(*models) -> tuple[str, ...]:
+    """The models' table names, quoted for the SQL text."""
+    return tuple(connection.ops.quote_name(model._meta.db_table) for model in models)
+
+
 def run(sql: str, params: Sequence, *, fetch: bool = True) -> list[tuple]:
     """Execute one statement on the driver's own cursor and return its rows.
 

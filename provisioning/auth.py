@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from connector import events, keys
 from connector.models import Connector, EventType
 from connector.sql import run as sql_run
+from connector.sql import tables
 from devices.models import Device, DeviceActivity, DeviceAuthType
 from provisioning import ratelimit
 from provisioning.models import AuthFailure
@@ -161,8 +162,7 @@ def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
 @lru_cache(maxsize=1)
 def _connector_sql() -> str:
     qn = connection.ops.quote_name
-    table = qn(Connector._meta.db_table)
-    failure = qn(AuthFailure._meta.db_table)
+    table, failure = tables(Connector, AuthFailure)
     return (
         f"SELECT {', '.join('c.' + qn(f) for f in CONNECTOR_FIELDS)}, {fingerprint_sql('c')}, "  # noqa: S608
         f"(SELECT f.count FROM {failure} f WHERE f.connector_id = c.id AND f.ip = %s"
@@ -178,16 +178,13 @@ def cached_connector(connector_id: str) -> tuple[Connector, str] | None:
 
 
 @lru_cache(maxsize=64)
-def _lookup_sql(where: str) -> str:
+def lookup_sql(where: str) -> str:
     """Device + connector + activity + failures in the current window, in one statement.
 
     Written out rather than built by the ORM: compiling the equivalent queryset cost more
     than the rest of a device write put together.
     """
-    qn = connection.ops.quote_name
-    device, conn, activity, failure = (
-        qn(m._meta.db_table) for m in (Device, Connector, DeviceActivity, AuthFailure)
-    )
+    device, conn, activity, failure = tables(Device, Connector, DeviceActivity, AuthFailure)
     return (
         f"SELECT d.id, d.identity, d.connector_id, d.state, d.locked, c.devmode, "  # noqa: S608
         f"a.last_ip, a.last_seen, "
@@ -201,7 +198,7 @@ def _lookup_sql(where: str) -> str:
 
 
 def _fetch(where: str, params: list) -> list[DeviceContext]:
-    return [DeviceContext.from_row(row) for row in sql_run(_lookup_sql(where), params)]
+    return [DeviceContext.from_row(row) for row in sql_run(lookup_sql(where), params)]
 
 
 def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | None:

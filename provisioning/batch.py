@@ -39,7 +39,7 @@ from django.db import DatabaseError, connection, transaction
 
 from connector import events
 from connector.models import Connector, Event, EventType
-from connector.sql import insert_rows
+from connector.sql import insert_rows, tables
 from connector.sql import run as sql_run
 from devices.models import AliasValue, Device, DeviceActivity, DeviceAuthType, Status
 from provisioning import auth, longpoll, ratelimit
@@ -122,9 +122,8 @@ def _write_sql() -> str:
     LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
     plan of the prepared statement."""
     qn = connection.ops.quote_name
-    device, conn, activity, failure, value, event = (
-        qn(m._meta.db_table)
-        for m in (Device, Connector, DeviceActivity, AuthFailure, AliasValue, Event)
+    device, conn, activity, failure, value, event = tables(
+        Device, Connector, DeviceActivity, AuthFailure, AliasValue, Event
     )
     event_columns = ", ".join(qn(c) for c in events.COLUMNS)
     return (
@@ -276,16 +275,18 @@ def _failed(jobs: list, what: str) -> list[bool]:
 
 
 def _store_writes(jobs: list[WriteJob]) -> tuple[set[int], list]:
-    """SQLite: the checks of `_write_sql`, a lookup per job, then values, last seen and
-    events each as one statement for the whole batch."""
+    """SQLite: the checks of `_write_sql` after the ordinary path's lookup of each job's
+    device, then values, last seen and events as one statement each for the batch."""
     window, limit = ratelimit.current_window(), settings.DEVICE_AUTH_FAILURE_LIMIT
     done, values, seen, logged, stored = set(), [], [], [], []
     for n, job in enumerate(jobs):
         params = [job.ip, window, job.connector_id, DeviceAuthType.TOKEN, *job.hashes]
-        found = sql_run(_lookup_sql(len(job.hashes)), params)
+        found = sql_run(auth.lookup_sql(auth.token_where(len(job.hashes))), params)
         if not found:
             continue
-        device_id, identity, locked, devmode, version, last_ip, last_seen, failures = found[0]
+        row = found[0]  # DeviceContext's columns; its resources are not needed here
+        device_id, identity, locked, devmode = row[0], row[1], row[4], row[5]
+        last_ip, last_seen, failures, version = row[6], row[7], row[8], row[-1]
         if locked or not (devmode or job.secure) or (failures or 0) >= limit:
             continue
         if version != job.resources_version:
@@ -300,21 +301,6 @@ def _store_writes(jobs: list[WriteJob]) -> tuple[set[int], list]:
     insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
     insert_rows(Event, events.COLUMNS, logged)
     return done, stored
-
-
-@lru_cache(maxsize=8)
-def _lookup_sql(hashes: int) -> str:
-    qn = connection.ops.quote_name
-    device, conn, activity, failure = (
-        qn(m._meta.db_table) for m in (Device, Connector, DeviceActivity, AuthFailure)
-    )
-    return (
-        "SELECT d.id, d.identity, d.locked, c.devmode, c.resources_version, a.last_ip,"  # noqa: S608
-        f" a.last_seen, (SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
-        f" AND f.ip = %s AND f.window_start = %s) FROM {device} d"
-        f" JOIN {conn} c ON c.id = d.connector_id LEFT JOIN {activity} a ON a.device_id = d.id"
-        f" WHERE d.connector_id = %s AND d.auth_type = %s AND {auth.token_where(hashes)}"
-    )
 
 
 def _store_claims(jobs: list[ClaimJob]) -> tuple[set[int], list]:
@@ -354,14 +340,14 @@ def _event(job: WriteJob | ClaimJob, type: str, identity: str) -> tuple:
 
 @lru_cache(maxsize=8)
 def _settings_sql(ids: int) -> str:
-    table = connection.ops.quote_name(Connector._meta.db_table)
+    (table,) = tables(Connector)
     marks = ", ".join(["%s"] * ids)
     return f"SELECT c.id, {auth.fingerprint_sql('c')} FROM {table} c WHERE c.id IN ({marks})"  # noqa: S608
 
 
 @lru_cache(maxsize=8)
 def _failures_sql(ids: int) -> str:
-    table = connection.ops.quote_name(AuthFailure._meta.db_table)
+    (table,) = tables(AuthFailure)
     return (
         f"SELECT connector_id, ip, count FROM {table} WHERE window_start = %s"  # noqa: S608
         f" AND connector_id IN ({', '.join(['%s'] * ids)})"
@@ -385,7 +371,7 @@ def _claim_one_sql() -> str:
     qn = connection.ops.quote_name
     sets = ", ".join(f"{qn(name)} = %s" for name in CLAIMED_FIELDS)
     return (
-        f"UPDATE {qn(Device._meta.db_table)} SET {sets}"  # noqa: S608
+        f"UPDATE {tables(Device)[0]} SET {sets}"  # noqa: S608
         " WHERE connector_id = %s AND identity = %s AND locked = %s"
         " AND (state = %s OR (state = %s AND (expire IS NULL OR expire >= %s))) RETURNING id"
     )
@@ -398,8 +384,8 @@ def _claim_sql() -> str:
     identity is claimed only while its connector's settings are those it was checked
     against and its address is under the failure limit."""
     qn = connection.ops.quote_name
-    device, conn, activity, event, failure = (
-        qn(m._meta.db_table) for m in (Device, Connector, DeviceActivity, Event, AuthFailure)
+    device, conn, activity, event, failure = tables(
+        Device, Connector, DeviceActivity, Event, AuthFailure
     )
     event_columns = ", ".join(qn(c) for c in events.COLUMNS)
     return (

@@ -439,11 +439,11 @@ def test_token_lookup_uses_the_secret_index(dev, token):
     """Regression: without it SQLite walked every device of the connector on each request."""
     from django.db import connection
 
-    from provisioning.auth import _lookup_sql, token_where
+    from provisioning.auth import lookup_sql, token_where
 
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's planner is the one that chose the wrong index")
-    sql = _lookup_sql(token_where(1))
+    sql = lookup_sql(token_where(1))
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN QUERY PLAN " + sql, ["1.1.1.1", 0, "c", "token", "1$x"])
         plan = " ".join(str(row) for row in cursor.fetchall())
