@@ -284,9 +284,9 @@ def _store_writes(jobs: list[WriteJob]) -> tuple[set[int], list]:
         found = sql_run(auth.lookup_sql(auth.token_where(len(job.hashes))), params)
         if not found:
             continue
-        row = found[0]  # DeviceContext's columns; its resources are not needed here
-        device_id, identity, locked, devmode = row[0], row[1], row[4], row[5]
-        last_ip, last_seen, failures, version = row[6], row[7], row[8], row[-1]
+        device = found[0]  # DeviceContext's columns; its resources are not needed here
+        device_id, identity, locked, devmode = device[0], device[1], device[4], device[5]
+        last_ip, last_seen, failures, version = device[6], device[7], device[8], device[-1]
         if locked or not (devmode or job.secure) or (failures or 0) >= limit:
             continue
         if version != job.resources_version:
