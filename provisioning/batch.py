@@ -115,24 +115,35 @@ def write_jobs(jobs: list[WriteJob]) -> list[bool]:
     return _run(_write_sql(), params, jobs, "device writes")
 
 
+def _json_rows(name: str, columns: list[str]) -> str:
+    """A CTE of the rows of a JSON array of arrays passed as a parameter: element 0 is the
+    job number `n`, then `columns` in order, each optionally cast (`"now::bigint"`)."""
+    fields = ["j->>0 AS n"]
+    for index, column in enumerate(columns, start=1):
+        column, _, cast = column.partition("::")
+        fields.append(f"(j->>{index})::{cast} AS {column}" if cast else f"j->>{index} AS {column}")
+    select = ", ".join(fields)  # names from this module only; values are parameters
+    return f"{name} AS (SELECT {select} FROM json_array_elements(%s::json) AS j)"  # noqa: S608
+
+
+def _event_columns() -> str:
+    return ", ".join(connection.ops.quote_name(c) for c in events.COLUMNS)
+
+
 @lru_cache(maxsize=1)
 def _write_sql() -> str:
     """One statement, the same text for any number of writes: the jobs, their token hashes
     and their values come as three JSON arrays of arrays, joined by job number `n`.
     LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
     plan of the prepared statement."""
-    qn = connection.ops.quote_name
     device, conn, activity, failure, value, event = tables(
         Device, Connector, DeviceActivity, AuthFailure, AliasValue, Event
     )
-    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
+    job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
     return (
-        "WITH job AS (SELECT j->>0 AS n, j->>1 AS connector_id, (j->>2)::bigint AS now,"  # noqa: S608
-        " (j->>3)::inet AS ip, (j->>4)::bool AS secure, (j->>5)::int AS version,"
-        " j->>6 AS summary, j->>7 AS payload FROM json_array_elements(%s::json) AS j), "
-        "candidate AS (SELECT c->>0 AS n, c->>1 AS hash FROM json_array_elements(%s::json) c), "
-        "val AS (SELECT v->>0 AS n, v->>1 AS alias, v->>2 AS reported, v->>3 AS set_value"
-        " FROM json_array_elements(%s::json) AS v), "
+        f"WITH {_json_rows('job', [*job, 'summary', 'payload'])}, "  # noqa: S608
+        f"{_json_rows('candidate', ['hash'])}, "
+        f"{_json_rows('val', ['alias', 'reported', 'set_value'])}, "
         "dev AS (SELECT DISTINCT ON (job.n) job.*, d.id, d.identity, d.locked, c.devmode,"
         " c.resources_version, a.last_ip, a.last_seen, f.count AS failures"
         " FROM job JOIN candidate ON candidate.n = job.n"
@@ -157,7 +168,7 @@ def _write_sql() -> str:
         " OR ok.last_seen IS NULL OR ok.now - ok.last_seen >= %s"
         " ON CONFLICT (device_id) DO UPDATE SET last_ip = excluded.last_ip,"
         " last_seen = excluded.last_seen), "
-        f"logged AS (INSERT INTO {event} ({event_columns})"
+        f"logged AS (INSERT INTO {event} ({_event_columns()})"
         " SELECT ok.connector_id, ok.now, %s, ok.identity, ok.ip, NULL, '', ok.summary,"
         " ok.payload::jsonb FROM ok) "
         "SELECT ok.n FROM ok, (SELECT count(*) FROM notified) AS notes"
@@ -383,17 +394,13 @@ def _claim_sql() -> str:
     identity, only one can still find it claimable), then last seen and the event. An
     identity is claimed only while its connector's settings are those it was checked
     against and its address is under the failure limit."""
-    qn = connection.ops.quote_name
     device, conn, activity, event, failure = tables(
         Device, Connector, DeviceActivity, Event, AuthFailure
     )
-    event_columns = ", ".join(qn(c) for c in events.COLUMNS)
+    job = ["connector_id", "identity", "state", "auth_type", "secret_hash"]
+    job += ["provisioned_at::timestamptz", "now::bigint", "ip::inet", "summary", "payload"]
     return (
-        "WITH job AS (SELECT j->>0 AS n, j->>1 AS connector_id, j->>2 AS identity,"  # noqa: S608
-        " j->>3 AS state, j->>4 AS auth_type, j->>5 AS secret_hash,"
-        " (j->>6)::timestamptz AS provisioned_at, (j->>7)::bigint AS now, (j->>8)::inet AS ip,"
-        " j->>9 AS summary, j->>10 AS payload, j->>11 AS fingerprint"
-        " FROM json_array_elements(%s::json) AS j), "
+        f"WITH {_json_rows('job', [*job, 'fingerprint'])}, "  # noqa: S608
         f"checked AS (SELECT job.* FROM job JOIN {conn} c ON c.id = job.connector_id"
         f" AND (job.fingerprint = '' OR {auth.fingerprint_sql('c')} = job.fingerprint)"
         f" LEFT JOIN {failure} f ON f.connector_id = job.connector_id AND f.ip = job.ip"
@@ -406,7 +413,7 @@ def _claim_sql() -> str:
         f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
         " SELECT id, ip, now FROM claimed ON CONFLICT (device_id) DO UPDATE SET"
         " last_ip = excluded.last_ip, last_seen = excluded.last_seen), "
-        f"logged AS (INSERT INTO {event} ({event_columns})"
+        f"logged AS (INSERT INTO {event} ({_event_columns()})"
         " SELECT connector_id, now, %s, identity, ip, NULL, '', summary, payload::jsonb"
         " FROM claimed) "
         "SELECT n FROM claimed"
