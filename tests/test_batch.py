@@ -392,6 +392,7 @@ def loop_environ(connector, path="/provision/activate", body=b"id=e-1", **header
     """The environ the front builds for a request from `peer` (default loopback)."""
     peer = headers.pop("peer", "127.0.0.1")
     query = headers.pop("query", b"")
+    method = headers.pop("method", "POST")
     raw = {
         "host": f"{connector.id}.localhost",
         "content-type": "application/x-www-form-urlencoded",
@@ -399,7 +400,7 @@ def loop_environ(connector, path="/provision/activate", body=b"id=e-1", **header
         **{name.replace("_", "-"): value for name, value in headers.items()},
     }
     scope = {
-        "method": headers.pop("method", "POST"),
+        "method": method,
         "path": path,
         "query_string": query,
         "http_version": "1.1",
