@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core.serializers.json import DjangoJSONEncoder
 
 from connector.models import Connector, Event, EventType, now_us
 from connector.sql import insert_rows
 
-COLUMNS = [
-    "connector_id",
-    "time",
-    "type",
-    "identity",
-    "source_ip",
-    "actor_id",
-    "actor_email",
-    "summary",
-    "payload",
-]
+
+class EventRow(NamedTuple):
+    """One event as the row inserted: the fields are the table's columns, in `COLUMNS` order."""
+
+    connector_id: str
+    time: int  # µs
+    type: str
+    identity: str
+    source_ip: str | None
+    actor_id: int | None
+    actor_email: str
+    summary: str
+    payload: str  # JSON
+
+
+COLUMNS = list(EventRow._fields)
 
 
 def _clean(value: Any) -> Any:
@@ -43,11 +48,11 @@ def row(
     source_ip: str | None = None,
     actor=None,
     payload: dict[str, Any] | None = None,
-) -> tuple:
+) -> EventRow:
     """The event as a row of COLUMNS, for callers that insert it together with other rows."""
     connector_id = connector if isinstance(connector, str) else connector.pk
     user = actor if actor is not None and actor.is_authenticated else None
-    return (
+    return EventRow(
         connector_id,
         now_us(),
         str(type),

@@ -225,6 +225,7 @@ class EventType(models.TextChoices):
     PROVISIONED = "provisioned", "Provisioned"
     PROVISION_FAILED = "provision_failed", "Provision failed"
     DATA_IN = "data_in", "Write"
+    DATA_REFUSED = "data_refused", "Write refused"
     RECORD = "record", "Record"
     READ = "read", "Read"
     AUTH_FAILED = "auth_failed", "Authentication failed"

@@ -10,6 +10,6 @@ django_app = get_wsgi_application()
 from django.conf import settings  # noqa: E402  (after Django is set up)
 
 from iotconnector.front import Front  # noqa: E402
-from provisioning.host import answer_in_loop  # noqa: E402
+from provisioning.host import DEVICE_API  # noqa: E402
 
-application = Front(django_app, threads=settings.WEB_THREADS, in_loop=answer_in_loop)
+application = Front(django_app, threads=settings.WEB_THREADS, device_api=DEVICE_API)

@@ -7,9 +7,10 @@ database connections are never reused; here Django runs as under a threaded WSGI
 that has to wait leaves its thread at once (see `provisioning.longpoll`), so thousands of
 waiting polls cost no thread and no database connection.
 
-Device writes and activations are stored by group commit (`Batcher`, `provisioning.batch`),
-and the hot ones never reach a Django thread: `in_loop` (`provisioning.host.answer_in_loop`)
-checks them in the event loop and hands back the job to store.
+Device API requests never reach Django's handler: the front routes them to the device API
+(`provisioning.host.DeviceAPI`) and resolves the typed result its handlers return. The jobs
+they hand back are stored by group commit (`Batcher`, `provisioning.store`), and the hottest
+two, a token write and an activation, are checked in the event loop with no thread at all.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import threading
 from typing import Any
 
 from provisioning import longpoll
+from provisioning.answers import Answer, Pending, Wait
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +37,16 @@ MULTIPART_ROOM = 1024 * 1024
 
 
 class Front:
-    def __init__(self, wsgi_app, threads: int, initializer=None, in_loop=None):
+    def __init__(self, wsgi_app, threads: int, initializer=None, device_api=None):
         from django.conf import settings
 
         self.app = wsgi_app
-        # environ -> (the response to send once its job is stored, the job), or None.
-        self.in_loop = in_loop
+        # provisioning.host.DeviceAPI: device API requests never reach Django's handler.
+        self.device_api = device_api
         self.initializer = initializer
         self.pool = Pool(threads, initializer)
         self.max_body = settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
-        self.batchers: dict[type, Batcher] = {}
+        self.batchers: dict[str, Batcher] = {}
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "http":
@@ -58,34 +60,40 @@ class Front:
         return await self.pool.run(function, *args)
 
     async def http(self, scope: dict, receive, send) -> None:
-        answer = await self.django(scope, receive, send)
+        answer = await self.respond(scope, receive, send)
         if answer is None:
             return  # already answered (or the client left)
-        status, headers, chunks, wait = answer
-        if wait is not None and (refused := longpoll.refusal(wait)) is not None:
-            status, reason = refused
-            retry = [("Retry-After", str(longpoll.RETRY_AFTER_S))]
-            await send_plain(send, status, reason.encode(), encode_headers(retry))
-            return
-        if wait is not None:
-            found = await longpoll.park(wait, receive, self.run_sync)
-            if found is False:
+        if isinstance(answer, Wait):
+            answer = await self.wait(answer.poll, receive)
+            if answer is None:
                 return  # the client went away: nothing to answer
-            if found is not None:
-                body_bytes, answer_headers = longpoll.answer(wait.alias, *found)
-                status, headers, chunks = 200, encode_headers(answer_headers), [body_bytes]
+        if isinstance(answer, Answer):
+            status, headers = answer.status, encode_headers(answer.header_list())
+            chunks = [answer.content]
+        else:
+            status, headers, chunks = answer
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"".join(chunks)})
 
-    async def django(self, scope: dict, receive, send):
-        """Django's answer as (status, headers, body chunks, PollWait or None); None when it
-        was sent already. Its request (environ, body) is dropped on return: a parked poll
-        keeps only what it needs, which keeps the garbage collector's work small.
+    async def wait(self, poll, receive) -> Answer | None:
+        """Park a long poll in the loop (no thread) until its alias changes or time runs out."""
+        if (refused := longpoll.refusal(poll)) is not None:
+            status, reason = refused
+            return Answer(status, reason, (("Retry-After", str(longpoll.RETRY_AFTER_S)),))
+        found = await longpoll.park(poll, receive, self.run_sync)
+        if found is False:
+            return None
+        if found is None:
+            return Answer(304)
+        body, headers = longpoll.answer(poll.alias, *found)
+        kept = tuple((n, v) for n, v in headers if n not in ("Content-Type", "Content-Length"))
+        return Answer(200, body, kept, content_type=dict(headers)["Content-Type"])
 
-        A view may hand back a job to be stored together with others (`iot.batch`, see
-        `provisioning.batch`): its answer is sent once the job is stored, and the request
-        runs again with `iot.batch.retry` set when it was not. `in_loop` offers such a job
-        without a thread hop or Django's handler (`provisioning.host.answer_in_loop`)."""
+    async def respond(self, scope: dict, receive, send):
+        """The answer: an `Answer` or a `Wait` from the device API, or Django's (status,
+        headers, body chunks); None when it was sent already. The request (environ, body) is
+        dropped on return: a parked poll keeps only what it needs, which keeps the garbage
+        collector's work small."""
         body = await read_body(scope, receive, self.max_body)
         if body is None:
             return None  # gone before the request was complete
@@ -93,48 +101,48 @@ class Front:
             limit = f"the body is larger than {self.max_body // 1024 // 1024} MiB"
             await send_plain(send, body, limit.encode())
             return None
-        loop = asyncio.get_running_loop()
         try:
             environ = build_environ(scope, body)
-            environ["iot.front"] = True
-            if (answer := self.answer_in_loop(environ)) is not None:
-                status, headers, chunks = answer
-            else:
-                body.seek(0)
-                status, headers, chunks = await self.run_sync(
-                    run_wsgi, self.app, environ, send, loop
-                )
-            if (job := environ.get("iot.batch")) is not None and not await self.store(job):
-                body.seek(0)
-                environ = build_environ(scope, body)
-                environ["iot.front"] = environ["iot.batch.retry"] = True
-                status, headers, chunks = await self.run_sync(
-                    run_wsgi, self.app, environ, send, loop
-                )
+            routed = self.device_api.route(environ) if self.device_api is not None else None
+            if routed is not None:
+                return await self.device(*routed)
+            loop = asyncio.get_running_loop()
+            status, headers, chunks = await self.run_sync(run_wsgi, self.app, environ, send, loop)
         finally:
             body.close()
         if status is None:
             return None  # a streamed response, already sent from its thread
-        return status, headers, chunks, environ.get("iot.longpoll")
+        return status, headers, chunks
 
-    def answer_in_loop(self, environ: dict) -> tuple[int, list, list[bytes]] | None:
-        """`in_loop`'s answer, with its job set as `iot.batch`; None: Django answers."""
-        if self.in_loop is None:
-            return None
+    async def device(self, request, connector_id: str) -> Answer | Wait:
+        """A device API request: its no-query step in the loop when it has one, else its
+        handler on a thread; a pending job is answered once the store committed it."""
+        api = self.device_api
         try:
-            found = self.in_loop(environ)
+            result = api.in_loop(request, connector_id)
         except Exception:
-            log.exception("answering in the event loop failed; Django answers instead")
-            return None
-        if found is None:
-            return None
-        response, environ["iot.batch"] = found
-        return response.status_code, encode_headers(response.items()), [response.content]
+            log.exception("the device API failed in the event loop; a thread answers instead")
+            result = None
+        if result is None:
+            result = await self.run_sync(api.handle, request, connector_id)
+        if not isinstance(result, Pending):
+            return result
+        outcome = await self.store(result.job)
+        if outcome is api.stored:
+            return result.answer
+        if isinstance(outcome, Answer):
+            return outcome
+        return await self.run_sync(api.explain, result)
 
     def store(self, job) -> asyncio.Future:
-        if (batcher := self.batchers.get(type(job))) is None:
-            batcher = Batcher(type(job).execute, type(job).max_batch, initializer=self.initializer)
-            self.batchers[type(job)] = batcher
+        if (batcher := self.batchers.get(job.kind)) is None:
+            batcher = Batcher(
+                self.device_api.execute,
+                job.max_batch,
+                initializer=self.initializer,
+                failed=self.device_api.unstored,
+            )
+            self.batchers[job.kind] = batcher
         return batcher.submit(job)
 
     async def lifespan(self, receive, send) -> None:
@@ -210,10 +218,13 @@ class Batcher:
 
     `execute(jobs)` returns one result per job. Jobs with the same `key` are never in flight
     together (the later one waits for the next batch after). A batch that raises gives every
-    job False."""
+    job `failed`."""
 
-    def __init__(self, execute, limit: int, concurrency: int = 1, initializer=None):
+    def __init__(
+        self, execute, limit: int, concurrency: int = 1, initializer=None, failed: object = False
+    ):
         self.execute = execute
+        self.failed = failed  # every job's result when a batch raises
         self.limit = limit
         self.concurrency = concurrency
         self.pool = Pool(concurrency, initializer)
@@ -248,7 +259,7 @@ class Batcher:
         self.running -= 1
         if (error := done.exception()) is not None:
             log.error("a batch of %d failed", len(taken), exc_info=error)
-            results = [False] * len(taken)
+            results = [self.failed] * len(taken)
         else:
             results = done.result()
         for (job, future), result in zip(taken, results, strict=True):

@@ -7,8 +7,6 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from provisioning import longpoll
-
 
 class Worker(UvicornWorker):
     CONFIG_KWARGS = {
@@ -37,6 +35,8 @@ async def release_polls_on_exit(server: Server) -> None:
     uvicorn waits for open requests before it exits, and a poll could otherwise hold the
     worker for up to five minutes, until gunicorn kills it mid-answer. The devices poll again
     and reach another worker."""
+    from provisioning import longpoll  # gunicorn loads this module before Django's apps
+
     while not server.should_exit:
         await asyncio.sleep(0.1)
     longpoll.hub.close()

@@ -1,38 +1,48 @@
-"""Device authentication: the one place that reads credentials from a device request.
+"""Device authentication by token or password: the one place that reads credentials from a
+device request and finds the device they name. (Certificates: `provisioning.certauth`.)
 
-`authenticate(request, connector_id)` returns the device (with its connector and activity
-loaded by the same query) or the response to send instead. On success it costs one query.
+`authenticate(request, connector_id)` returns the device (with its connector's developer mode,
+its activity and its address's failure count, read by the same query) or the answer to send
+instead. On success it costs one query.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
-from django.conf import settings
-from django.db import connection
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 
 from connector import events, keys
 from connector.models import Connector, EventType
 from connector.sql import run as sql_run
 from connector.sql import tables
 from devices.models import Device, DeviceActivity, DeviceAuthType
-from provisioning import ratelimit
+from provisioning import connectors, ratelimit, rules
+from provisioning.answers import NOT_FOUND, Answer, refused, text
 from provisioning.models import AuthFailure
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9]{40}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Credentials:
     token: str | None = None
     basic: str | None = None  # "identity:password" as sent
     malformed: bool = False
+
+    @property
+    def reason(self) -> str:
+        """Why they matched no device, in words that tell nothing of any identity."""
+        if self.malformed:
+            return "malformed credentials"
+        if self.token or self.basic:
+            return "unknown credentials"
+        return "no credentials"
 
 
 def read_credentials(request: HttpRequest) -> Credentials:
@@ -65,121 +75,26 @@ def client_ip(request: HttpRequest) -> str:
     return request.META.get("REMOTE_ADDR", "") or "0.0.0.0"  # noqa: S104 (unknown peer)
 
 
-def transport_ok(request: HttpRequest, connector: Connector) -> bool:
-    """TLS, or plain HTTP allowed by developer mode or the insecure development setting."""
-    return request.is_secure() or connector.devmode or settings.DEVICE_API_INSECURE
+class DeviceRow(NamedTuple):
+    """What the device API needs of an authenticated device: the columns of `lookup_sql`."""
 
-
-def text(status: int, body: str = "", headers: dict | None = None) -> HttpResponse:
-    response = HttpResponse(body, status=status, content_type="text/plain; charset=utf-8")
-    for name, value in (headers or {}).items():
-        response[name] = value
-    return response
-
-
-def too_many() -> HttpResponse:
-    return text(429, "too many failed attempts", {"Retry-After": str(ratelimit.retry_after())})
-
-
-@dataclass(frozen=True)
-class DeviceContext:
-    """What the device API needs of an authenticated device, read by one query."""
-
-    pk: int
+    id: int
     identity: str
     connector_id: str
     state: str
     locked: bool
-    devmode_connector: bool
+    devmode: bool  # the connector's
     last_ip: str | None
     last_seen: int | None
-    recent_failures: int | None
-    secret_hash: str = ""
-    resources: dict | None = None  # the connector's resource definitions
-    resources_version: int = 0
-
-    @classmethod
-    def from_row(cls, row) -> DeviceContext:
-        *head, resources, version = row
-        if isinstance(resources, str):
-            resources = json.loads(resources)
-        return cls(*head, resources=resources or {}, resources_version=version)
-
-
-CONNECTOR_FIELDS = (
-    "id",
-    "devmode",
-    "auth_type",
-    "provisioning_enabled",
-    "presenter_identity",
-    "ip_whitelisting_enabled",
-    "ip_allowed",
-    "id_prefix",
-    "id_type",
-    "id_length",
-    "id_casing",
-    "pki_enabled",
-    "resources",
-    "resources_version",
-)
-
-
-# What activation checks of a connector: a digest of these tells whether they changed.
-FINGERPRINT_FIELDS = tuple(
-    f for f in CONNECTOR_FIELDS if f not in ("id", "resources", "resources_version")
-)
-# Connector id -> (the connector as last read, the fingerprint of its settings).
-_CONNECTORS: dict[str, tuple[Connector, str]] = {}
-
-
-def fingerprint_sql(alias: str) -> str:
-    """An expression for a fingerprint of a connector row's activation settings: their md5
-    on PostgreSQL, on SQLite (no md5) the settings themselves, each quoted as a literal."""
-    qn = connection.ops.quote_name
-    columns = [f"{alias}.{qn(f)}" for f in FINGERPRINT_FIELDS]
-    if connection.vendor == "postgresql":
-        return f"md5(ROW({', '.join(columns)})::text)"
-    return " || ',' || ".join(f"quote({column})" for column in columns)
-
-
-def load_connector(connector_id: str, ip: str) -> tuple[Connector | None, int]:
-    """The connector's device-facing settings and this address's failure count: one query.
-    The connector is also kept with its fingerprint (see `cached_connector`)."""
-    rows = sql_run(_connector_sql(), [ip, ratelimit.current_window(), connector_id])
-    if not rows:
-        _CONNECTORS.pop(connector_id, None)
-        return None, 0
-    row = rows[0]
-    values = dict(zip(CONNECTOR_FIELDS, row, strict=False))
-    for name in ("ip_allowed", "resources"):
-        if isinstance(values[name], str):
-            values[name] = json.loads(values[name])
-    connector = Connector(**values)
-    _CONNECTORS[connector_id] = (connector, row[-2])
-    return connector, row[-1] or 0
-
-
-@lru_cache(maxsize=1)
-def _connector_sql() -> str:
-    qn = connection.ops.quote_name
-    table, failure = tables(Connector, AuthFailure)
-    return (
-        f"SELECT {', '.join('c.' + qn(f) for f in CONNECTOR_FIELDS)}, {fingerprint_sql('c')}, "  # noqa: S608
-        f"(SELECT f.count FROM {failure} f WHERE f.connector_id = c.id AND f.ip = %s"
-        f" AND f.window_start = %s) FROM {table} c WHERE c.id = %s"
-    )
-
-
-def cached_connector(connector_id: str) -> tuple[Connector, str] | None:
-    """The connector as `load_connector` last read it (in this process), and its
-    fingerprint; for checks whose result a batch confirms (the fingerprint unchanged)
-    before it acts."""
-    return _CONNECTORS.get(connector_id)
+    failures: int | None  # of the request's address, in the current window
+    secret_hash: str
+    resources_version: int  # the connector's definitions, as the lookup read them
 
 
 @lru_cache(maxsize=64)
 def lookup_sql(where: str) -> str:
-    """Device + connector + activity + failures in the current window, in one statement.
+    """Device + connector + activity + failures in the current window, in one statement;
+    `where` picks the device. The parameters: address, window, connector, then `where`'s.
 
     Written out rather than built by the ORM: compiling the equivalent queryset cost more
     than the rest of a device write put together.
@@ -190,28 +105,39 @@ def lookup_sql(where: str) -> str:
         f"a.last_ip, a.last_seen, "
         f"(SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
         f" AND f.ip = %s AND f.window_start = %s) AS failures, d.secret_hash, "
-        f"c.resources, c.resources_version "
+        f"c.resources_version "
         f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
         f"LEFT JOIN {activity} a ON a.device_id = d.id "
-        f"WHERE d.connector_id = %s AND d.auth_type = %s AND {where}"
+        f"WHERE d.connector_id = %s AND {where}"
     )
 
 
-def _fetch(where: str, params: list) -> list[DeviceContext]:
-    return [DeviceContext.from_row(row) for row in sql_run(lookup_sql(where), params)]
+def token_where(count: int) -> str:
+    # The index's own condition, word for word, lets SQLite use that partial index.
+    marks = ", ".join(["%s"] * count)
+    return f"d.auth_type = %s AND NOT (d.secret_hash = '') AND d.secret_hash IN ({marks})"
 
 
-def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | None:
-    window = ratelimit.current_window()
+def find(connector_id: str, ip: str, where: str, params: list) -> list[DeviceRow]:
+    rows = sql_run(lookup_sql(where), [ip, ratelimit.current_window(), connector_id, *params])
+    return [DeviceRow(*row) for row in rows]
+
+
+def by_token_hashes(connector_id: str, ip: str, hashes) -> DeviceRow | None:
+    found = find(connector_id, ip, token_where(len(hashes)), [DeviceAuthType.TOKEN, *hashes])
+    return found[0] if found else None
+
+
+def by_id(connector_id: str, ip: str, device_id: int) -> DeviceRow | None:
+    found = find(connector_id, ip, "d.id = %s", [device_id])
+    return found[0] if found else None
+
+
+def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceRow | None:
     if creds.token is not None:
         if not TOKEN_RE.fullmatch(creds.token):
             return None  # wrong length or alphabet: no query can match
-        hashes = keys.candidate_hashes(creds.token)
-        found = _fetch(
-            token_where(len(hashes)),
-            [ip, window, connector_id, DeviceAuthType.TOKEN, *hashes],
-        )
-        return found[0] if found else None
+        return by_token_hashes(connector_id, ip, keys.candidate_hashes(creds.token))
     if creds.basic is not None:
         # An identity may itself contain ":" (MAC addresses): try every split whose left part
         # is a possible identity, then check the password of the one that exists.
@@ -220,68 +146,49 @@ def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceContext | N
             if char == ":":
                 splits[creds.basic[:index]] = creds.basic[index + 1 :]
         names = list(splits)[:16]
-        found = _fetch(
-            f"d.identity IN ({', '.join(['%s'] * len(names))})",
-            [ip, window, connector_id, DeviceAuthType.PASSWORD, *names],
-        )
-        for device in found:
+        where = f"d.auth_type = %s AND d.identity IN ({', '.join(['%s'] * len(names))})"
+        for device in find(connector_id, ip, where, [DeviceAuthType.PASSWORD, *names]):
             if keys.hashes_match(device.secret_hash, splits[device.identity]):
                 return device
     return None
 
 
-def authenticate(request: HttpRequest, connector_id: str) -> DeviceContext | HttpResponse:
+def authenticate(request: HttpRequest, connector_id: str) -> DeviceRow | Answer:
+    """The device a token or password request comes from, or the answer refusing it."""
     ip = client_ip(request)
     creds = read_credentials(request)
-    cert = request.META.get("HTTP_X_SSL_CLIENT_CERT")  # kept only from trusted proxies
-    if cert and creds == Credentials():
-        from provisioning.certauth import authenticate_certificate
-
-        return authenticate_certificate(request, connector_id, cert)
     device = None
     if creds.token is not None or creds.basic is not None:
         device = _lookup(connector_id, ip, creds)
     if device is None:
-        return refuse(request, connector_id, creds)
-    return refusal_for(request, device) or device
+        return refuse_unknown(connector_id, ip, request.is_secure(), creds.reason)
+    if refusal := refusal_for(device, request.is_secure()):
+        return refused(refusal)
+    return device
 
 
-def refusal_for(request: HttpRequest, device: DeviceContext) -> HttpResponse | None:
-    if not (request.is_secure() or device.devmode_connector or settings.DEVICE_API_INSECURE):
-        return text(403, "plain HTTP is refused: use HTTPS")
-    if ratelimit.is_limited(device.recent_failures):
-        return too_many()
-    if device.locked:
-        return text(403, "")
-    return None
-
-
-def refuse(request: HttpRequest, connector_id: str, creds: Credentials) -> HttpResponse:
-    """No device matched: 404 for an unknown host, else count the failure and answer 401."""
-    ip = client_ip(request)
-    connector = Connector.objects.filter(pk=connector_id).first()
-    if connector is None:
-        return text(404)
-    if not transport_ok(request, connector):
-        return text(403, "plain HTTP is refused: use HTTPS")
-    count = ratelimit.note_failure(connector_id, ip)
-    if ratelimit.is_limited(count - 1):
-        return too_many()
-    reason = (
-        "no credentials"
-        if not (creds.token or creds.basic or creds.malformed)
-        else ("malformed credentials" if creds.malformed else "unknown credentials")
+def refusal_for(device: DeviceRow, secure: bool) -> rules.Refusal | None:
+    return rules.device_refusal(
+        secure=secure, devmode=device.devmode, failures=device.failures, locked=device.locked
     )
+
+
+def refuse_unknown(connector_id: str, ip: str, secure: bool, reason: str) -> Answer:
+    """No device matched: 404 for an unknown host, else count the failure, log it and
+    answer 401 with a reason that tells nothing of any identity."""
+    found, _failures = connectors.load(connector_id, ip)
+    if found is None:
+        return NOT_FOUND
+    if not rules.transport_allowed(secure, found.connector.devmode):
+        return text(403, rules.PLAIN_HTTP)
+    count = ratelimit.note_failure(connector_id, ip)
+    if rules.over_failure_limit(count - 1):
+        return refused(rules.Refusal(429, rules.TOO_MANY))
     events.record(
-        connector,
+        connector_id,
         EventType.AUTH_FAILED,
         f"Authentication failed: {reason}",
         source_ip=ip,
         payload={"reason": reason},
     )
-    return text(401, "")
-
-
-def token_where(count: int) -> str:
-    # The index's own condition, word for word, lets SQLite use that partial index.
-    return f"NOT (d.secret_hash = '') AND d.secret_hash IN ({', '.join(['%s'] * count)})"
+    return text(401, reason)

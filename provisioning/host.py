@@ -1,35 +1,31 @@
 """Requests to `<connector-id>.<DEVICE_API_DOMAIN>` go to the device API, nothing else.
 
-This middleware sits right after the trusted-proxy one and answers device requests itself, so
-the device hot path skips sessions, CSRF, users and messages, which devices never use.
-
-The hottest two requests, a device write and an activation, are first offered to
-`answer_in_loop`, which the server calls in its event loop before any thread or middleware:
-it runs the same views' batch step on a real request (trust boundary and host check
-included) and hands back the job to store, or None for the ordinary path.
+The server's front (`iotconnector.front`) calls `route` for every request and hands device
+requests to the device API (`provisioning.api`) itself, with no Django handler or middleware.
+`DeviceHostMiddleware` does the same for runserver and the test client, right after the
+trusted-proxy middleware, so the device API skips sessions, CSRF, users and messages, which
+devices never use.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.wsgi import WSGIRequest
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.http.request import split_domain_port
 
 from iotconnector.middleware import trust_forwarded
-from provisioning import views
-from provisioning.auth import text
-from provisioning.views import ROUTES
+from provisioning import api, explain, store
+from provisioning.answers import Answer, Pending, Result, text
+from provisioning.jobs import STORED, UNSTORED
 
-# The requests the event loop may answer itself (each once its job is stored).
-IN_LOOP = {
-    "/onep:v1/stack/alias": views.write_in_batch,
-    "/provision/activate": views.activate_in_batch,
-}
+log = logging.getLogger(__name__)
 
 CONNECTOR_LABEL = re.compile(r"[a-z0-9]{14,20}")
 
@@ -55,28 +51,54 @@ class DeviceHostMiddleware:
         connector_id = device_host_connector(split_domain_port(request.get_host())[0])
         if connector_id is None:
             return self.get_response(request)
-        view = ROUTES.get(request.path_info)
-        if not connector_id or view is None:
-            return text(404)
-        return view(request, connector_id)
+        return api.respond(api.handle(request, connector_id)).to_response()
 
 
-def answer_in_loop(environ: dict) -> tuple[HttpResponse, object] | None:
-    """A device write or activation ready to be stored in a batch, answered without Django's
-    handler: the response to send once the job is stored, and the job. None for every other
-    request, and whenever the ordinary path must decide. `environ` is left as it was (the
-    body is read, though)."""
-    if environ["REQUEST_METHOD"] != "POST" or environ["PATH_INFO"] not in IN_LOOP:
-        return None
-    request = WSGIRequest(dict(environ))
+def route(environ: dict) -> tuple[WSGIRequest, str] | None:
+    """A device API request and its connector id ("" when the host names none), with the
+    trust boundary applied as the middleware applies it; None for any other request (and
+    for a host Django must refuse), which Django answers."""
+    request = WSGIRequest(dict(environ))  # the environ stays as sent, for Django
     trust_forwarded(request.META)
     try:
         host = request.get_host()
     except DisallowedHost:
         return None
     connector_id = device_host_connector(split_domain_port(host)[0])
-    if not connector_id or (view := IN_LOOP.get(request.path_info)) is None:
-        return None
-    response = view(request, connector_id)
-    job = request.META.get("iot.batch")
-    return None if response is None or job is None else (response, job)
+    return None if connector_id is None else (request, connector_id)
+
+
+class DeviceAPI:
+    """What the server's front needs of the device API: routing, the no-query step it runs
+    in its event loop, the handlers and explanations it runs on its threads, and the store
+    its batchers execute jobs with."""
+
+    route = staticmethod(route)
+    in_loop = staticmethod(api.in_loop)
+    execute = staticmethod(store.execute)
+    stored = STORED
+    unstored = UNSTORED
+
+    @staticmethod
+    def handle(request: WSGIRequest, connector_id: str) -> Result:
+        return _on_thread(api.handle, request, connector_id)
+
+    @staticmethod
+    def explain(pending: Pending) -> Answer:
+        return _on_thread(explain.explain, pending)
+
+
+def _on_thread(function, *args):
+    """As Django's handler runs a request: stale connections closed before and after, and an
+    exception logged and answered 500 rather than lost."""
+    close_old_connections()
+    try:
+        return function(*args)
+    except Exception:
+        log.exception("the device API failed on %s", function.__name__)
+        return text(500, "internal error")
+    finally:
+        close_old_connections()
+
+
+DEVICE_API = DeviceAPI()

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils.http import http_date, parse_http_date_safe
 
+from provisioning.values import current_value_at
 from provisioning.wakebus import WakeBus
 from provisioning.wire import WireError, encode_pairs
 
@@ -106,8 +107,6 @@ class PollWait:
 
 def read_current(wait: PollWait) -> tuple[str, int] | None:
     """The alias's value and timestamp if newer than the poll's point, else None (sync)."""
-    from provisioning.services import current_value_at
-
     found = current_value_at(wait.device_pk, wait.alias, wait.definition)
     if found is not None and is_newer(found[1], wait.since_s, wait.started_us):
         return found

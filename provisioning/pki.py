@@ -6,6 +6,7 @@ Every parse failure becomes a `PKIError` whose message can be shown to a person 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
 
 PEM_CERT_RE = re.compile(
     r"-----BEGIN CERTIFICATE-----\s*[A-Za-z0-9+/=\s]*?-----END CERTIFICATE-----", re.S
@@ -89,7 +92,10 @@ def load_certificates(text: str) -> list[x509.Certificate]:
             certs.append(x509.load_pem_x509_certificate(block.encode()))
         except ValueError as exc:
             which = f"Certificate {number}" if len(blocks) > 1 else "The certificate"
-            raise PKIError(f"{which} could not be parsed ({exc}).") from exc
+            log.info("certificate not parsed: %s", exc)  # the library's words, for operators
+            raise PKIError(
+                f"{which} could not be parsed: it is not a valid X.509 certificate in PEM form."
+            ) from exc
     return certs
 
 
@@ -179,8 +185,10 @@ def verify_chain(
     try:
         return verifier.verify(leaf, intermediates).chain
     except verification.VerificationError as exc:
+        log.info("certificate chain refused: %s", exc)  # the library's words, for operators
         raise PKIError(
-            f"The certificate does not chain to a client CA of this connector ({exc})."
+            "The certificate does not chain to a client CA of this connector, or its chain"
+            " is not valid for client authentication."
         ) from exc
 
 
@@ -208,7 +216,10 @@ def load_csr(text: str) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_pem_x509_csr(text.strip().encode())
     except ValueError as exc:
-        raise PKIError(f"The CSR could not be parsed ({exc}).") from exc
+        log.info("CSR not parsed: %s", exc)  # the library's words, for operators
+        raise PKIError(
+            "The CSR could not be parsed: it is not a valid PKCS #10 request in PEM form."
+        ) from exc
     if not csr.is_signature_valid:
         raise PKIError("The CSR's signature does not verify: it was altered or is corrupt.")
     check_key_strength(csr.public_key())

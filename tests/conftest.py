@@ -1,4 +1,5 @@
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -6,6 +7,8 @@ import threading
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from connector import services
@@ -106,7 +109,7 @@ class FrontServer:
         from django.test.utils import modify_settings
 
         from iotconnector.front import Front
-        from provisioning.host import answer_in_loop
+        from provisioning.host import DEVICE_API
 
         # An in-memory SQLite test database lives in the test thread's connection: share it.
         shared = {
@@ -127,7 +130,7 @@ class FrontServer:
             StaticFilesHandler(get_wsgi_application()),
             4,
             use_shared_connections,
-            in_loop=answer_in_loop,
+            device_api=DEVICE_API,
         )
         self.app = app
         config = uvicorn.Config(
@@ -198,3 +201,18 @@ def define(connector, *aliases: str, **definitions: dict) -> None:
     connector.resources = resources
     connector.resources_version += 1
     connector.save(update_fields=["resources", "resources_version"])
+
+
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE SAVEPOINT")
+
+
+@contextlib.contextmanager
+def statements_counted():
+    """The statements run on this thread's connection inside the block, without transaction
+    control (BEGIN, COMMIT, savepoints): the list is filled when the block ends."""
+    done: list[str] = []
+    with CaptureQueriesContext(connection) as captured:
+        yield done
+    done.extend(
+        q["sql"] for q in captured.captured_queries if not q["sql"].startswith(TRANSACTION_CONTROL)
+    )

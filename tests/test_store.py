@@ -1,7 +1,7 @@
-"""Group commit (provisioning/batch.py and the front's Batcher): many device writes and
+"""The device store (provisioning/store.py and the front's Batcher): many device writes and
 activations in one transaction (one statement on PostgreSQL), each answered only once
-stored, the rest on the ordinary path; and the event loop's own answer to them
-(provisioning.host.answer_in_loop)."""
+stored, the rest explained (provisioning/explain.py); and the event loop's own step for
+them (provisioning.api.in_loop), with no query."""
 
 import asyncio
 import fcntl
@@ -15,13 +15,16 @@ from dataclasses import dataclass
 import pytest
 from django.db import DatabaseError, connection
 
+from connector import keys
 from connector.models import Connector, Event, EventType, User
 from connector.services import create_connector
 from devices import services as device_services
 from devices.models import AliasValue, Device, DeviceActivity
-from iotconnector.front import Batcher, build_environ, run_wsgi
-from provisioning import auth, batch, ratelimit, services
-from provisioning.host import answer_in_loop
+from iotconnector.front import Batcher, build_environ
+from provisioning import api, connectors, ratelimit, services, store
+from provisioning.host import DEVICE_API, route
+from provisioning.jobs import ClaimJob, ValueRow, WriteJob
+from provisioning.store import STORED, UNSTORED
 from tests.conftest import PASSWORD, define
 from tests.test_long_poll import (
     Device_,
@@ -139,12 +142,13 @@ def line(transactional_db):
         tokens[identity] = services.activate_device(
             connector, identity, None, "127.0.0.1", secure=True
         ).body
-    services._RESOURCES[connector.pk] = (connector.resources_version, connector.resources)
+    connectors.load(connector.pk, "127.0.0.1")
     return connector, tokens
 
 
 def job_for(connector, token, body, ip="198.51.100.7"):
-    return services.write_job(connector.pk, token, body, ip, secure=True)
+    entry = connectors.cached(connector.pk)
+    return services.token_write(entry, token, body, ip, secure=True).job
 
 
 def test_writes_of_several_devices_are_stored_in_one_transaction(line, django_assert_num_queries):
@@ -157,7 +161,7 @@ def test_writes_of_several_devices_are_stored_in_one_transaction(line, django_as
     # PostgreSQL: one statement. SQLite: BEGIN, a lookup per device, one statement each for
     # the values, last seen and the events, COMMIT.
     with django_assert_num_queries(1 if postgresql() else 1 + 3 + 3 + 1):
-        assert batch.write_jobs(jobs) == [True, True, True]
+        assert store.execute(jobs) == [STORED, STORED, STORED]
     stored = {
         (d, a): (r, s)
         for d, a, r, s in AliasValue.objects.values_list(
@@ -193,7 +197,7 @@ def test_a_write_the_statement_refuses_stores_nothing_and_the_others_are_stored(
         job_for(connector, unknown, [("temp", "22")]),
         stale,
     ]
-    assert batch.write_jobs(jobs) == [True, False, False, False]
+    assert store.execute(jobs) == [STORED, UNSTORED, UNSTORED, UNSTORED]
     assert list(AliasValue.objects.values_list("device__identity", "reported")) == [("dev-0", "20")]
     assert list(Event.objects.filter(type=EventType.DATA_IN).values_list("identity")) == [
         ("dev-0",)
@@ -207,7 +211,7 @@ def test_a_write_from_an_address_over_the_failure_limit_is_not_stored(line, sett
         ratelimit.note_failure(connector.pk, "198.51.100.9")
     blocked = job_for(connector, tokens["dev-0"], [("temp", "1")], ip="198.51.100.9")
     other = job_for(connector, tokens["dev-1"], [("temp", "2")], ip="198.51.100.10")
-    assert batch.write_jobs([blocked, other]) == [False, True]
+    assert store.execute([blocked, other]) == [UNSTORED, STORED]
 
 
 def test_a_failing_batch_stores_nothing_and_leaves_the_connection_usable(line):
@@ -215,17 +219,16 @@ def test_a_failing_batch_stores_nothing_and_leaves_the_connection_usable(line):
     good = job_for(connector, tokens["dev-0"], [("temp", "20")])
     bad = job_for(connector, tokens["dev-1"], [("temp", "21")])
     bad.now = None  # a value without a timestamp: the batch fails as a whole
-    assert batch.write_jobs([good, bad]) == [False, False]
+    assert store.execute([good, bad]) == [UNSTORED, UNSTORED]
     assert not AliasValue.objects.exists()
-    assert batch.write_jobs([good]) == [True]
+    assert store.execute([good]) == [STORED]
 
 
-def claim_for(connector, identity, fingerprint=""):
-    outcome = services.activate_device(
-        connector, identity, None, "198.51.100.7", secure=True, defer=True, fingerprint=fingerprint
-    )
-    assert outcome.status == 200 and outcome.pending is not None
-    return outcome.pending
+def claim_for(connector, identity, entry=None):
+    entry = entry or connectors.load(connector.pk, "198.51.100.7")[0]
+    pending = services.activation(entry, identity, None, "198.51.100.7", secure=True)
+    assert pending.answer.status == 200 and isinstance(pending.job, ClaimJob)
+    return pending.job
 
 
 def test_activations_are_claimed_in_one_transaction(
@@ -239,14 +242,14 @@ def test_activations_are_claimed_in_one_transaction(
     # PostgreSQL: one statement. SQLite: BEGIN, the settings and failure counts, a claim per
     # identity, last seen and the events, COMMIT.
     with django_assert_num_queries(1 if postgresql() else 1 + 2 + 5 + 2 + 1):
-        assert batch.claim_jobs(jobs) == [True, True, True, False, False]
+        assert store.execute(jobs) == [STORED] * 3 + [UNSTORED] * 2
     provisioned = Device.objects.filter(state="provisioned").order_by("identity")
     assert [d.identity for d in provisioned] == ["a-1", "a-2", "a-3"]
     events = Event.objects.filter(type=EventType.PROVISIONED).order_by("identity")
     assert [e.identity for e in events] == ["a-1", "a-2", "a-3"]
     assert DeviceActivity.objects.count() == 3
     # Claimed once: the same jobs again claim nothing.
-    assert batch.claim_jobs(jobs[:3]) == [False, False, False]
+    assert store.execute(jobs[:3]) == [UNSTORED] * 3
 
 
 def test_a_claim_holds_only_while_the_connector_settings_are_those_checked(
@@ -254,18 +257,17 @@ def test_a_claim_holds_only_while_the_connector_settings_are_those_checked(
 ):
     for identity in ("b-1", "b-2"):
         device_services.whitelist_device(connector, identity)
-    loaded, _failures = auth.load_connector(connector.pk, "198.51.100.7")
-    cached, fingerprint = auth.cached_connector(connector.pk)
-    assert cached.pk == connector.pk and fingerprint
-    first, second = claim_for(loaded, "b-1", fingerprint), claim_for(loaded, "b-2", fingerprint)
+    loaded, _failures = connectors.load(connector.pk, "198.51.100.7")
+    assert connectors.cached(connector.pk) is loaded and loaded.fingerprint
+    first, second = claim_for(connector, "b-1", loaded), claim_for(connector, "b-2", loaded)
     Connector.objects.filter(pk=connector.pk).update(provisioning_enabled=False)
-    assert batch.claim_jobs([first]) == [False]  # checked against settings since changed
+    assert store.execute([first]) == [UNSTORED]  # checked against settings since changed
     assert Device.objects.get(identity="b-1").state == "whitelisted"
     Connector.objects.filter(pk=connector.pk).update(provisioning_enabled=True)
-    assert batch.claim_jobs([first, second]) == [True, True]  # the settings checked, again
+    assert store.execute([first, second]) == [STORED, STORED]  # the settings checked, again
     Connector.objects.filter(pk=connector.pk).update(ip_allowed=["10.0.0.0/8"])
     device_services.whitelist_device(connector, "b-3")
-    assert batch.claim_jobs([claim_for(loaded, "b-3", fingerprint)]) == [False]
+    assert store.execute([claim_for(connector, "b-3", loaded)]) == [UNSTORED]
 
 
 # --- Through the server ----------------------------------------------------------------------
@@ -281,19 +283,19 @@ def slow_batches(live_server):
     """The server's batchers, with a first batch that takes 0.3 s: requests sent meanwhile
     must be stored together by the next. Records every batch's size."""
     saved = dict(live_server.app.batchers)
-    sizes: dict[type, list[int]] = {batch.WriteJob: [], batch.ClaimJob: []}
+    sizes: dict[str, list[int]] = {"write": [], "claim": []}
 
     def slowed(kind):
         def execute(jobs):
             sizes[kind].append(len(jobs))
             if len(sizes[kind]) == 1:
                 time.sleep(0.3)
-            return kind.execute(jobs)
+            return store.execute(jobs)
 
         return execute
 
     for kind in sizes:
-        live_server.app.batchers[kind] = Batcher(slowed(kind), kind.max_batch)
+        live_server.app.batchers[kind] = Batcher(slowed(kind), 64, failed=UNSTORED)
     yield sizes
     for kind in sizes:
         live_server.app.batchers.pop(kind).pool.stop()
@@ -304,22 +306,21 @@ def test_concurrent_writes_are_stored_in_batches_and_each_answered(
     live_server, postgres, devmode_connector, slow_batches
 ):
     devices = [activated(live_server, devmode_connector, f"w-{n:02d}") for n in range(16)]
-    # The first write teaches the process the connector's definitions (ordinary path).
     assert devices[0].write("temp=first").status_code == 204
-    slow_batches[batch.WriteJob].clear()
+    slow_batches["write"].clear()
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(lambda d: d.write(f"temp={d.token[:4]}").status_code, devices))
     assert statuses == [204] * 16
     stored = dict(AliasValue.objects.values_list("device__identity", "reported"))
     assert stored == {f"w-{n:02d}": devices[n].token[:4] for n in range(16)}
     assert Event.objects.filter(type=EventType.DATA_IN).count() == 17
-    sizes = slow_batches[batch.WriteJob]
+    sizes = slow_batches["write"]
     assert sum(sizes) == 16 and max(sizes) > 1  # stored together, not one by one
     # The activations went through the same batcher, one claim per request.
-    assert sum(slow_batches[batch.ClaimJob]) == 16
+    assert sum(slow_batches["claim"]) == 16
 
 
-def test_writes_the_batch_does_not_store_are_refused_by_the_ordinary_path(
+def test_writes_the_batch_does_not_store_are_explained_and_logged_once(
     live_server, devmode_connector
 ):
     device = activated(live_server, devmode_connector, "locked-1")
@@ -333,20 +334,20 @@ def test_writes_the_batch_does_not_store_are_refused_by_the_ordinary_path(
     assert failed.count() == 1  # logged once, by the ordinary path
 
 
-def test_a_failed_batch_is_answered_by_the_ordinary_path(live_server, devmode_connector):
+def test_a_failed_batch_is_explained_and_its_job_stored_on_its_own(live_server, devmode_connector):
     device = activated(live_server, devmode_connector, "retry-1")
-    saved = live_server.app.batchers.pop(batch.WriteJob, None)
+    saved = live_server.app.batchers.pop("write", None)
 
     def broken(jobs):
         raise DatabaseError("connection lost")
 
-    live_server.app.batchers[batch.WriteJob] = Batcher(broken, 64)
+    live_server.app.batchers["write"] = Batcher(broken, 64, failed=UNSTORED)
     try:
         assert device.write("temp=42").status_code == 204
     finally:
-        live_server.app.batchers.pop(batch.WriteJob).pool.stop()
+        live_server.app.batchers.pop("write").pool.stop()
         if saved is not None:
-            live_server.app.batchers[batch.WriteJob] = saved
+            live_server.app.batchers["write"] = saved
     assert AliasValue.objects.get().reported == "42"
     assert Event.objects.filter(type=EventType.DATA_IN).count() == 1
 
@@ -364,7 +365,7 @@ def test_concurrent_activations_of_one_identity_through_the_server_yield_one_tok
     assert sorted(r.status_code for r in responses) == [200] + [409] * 7
     token = next(r.text for r in responses if r.status_code == 200)
     racer = Device.objects.get(identity="racer-1")
-    assert auth.keys.hashes_match(racer.secret_hash, token)
+    assert keys.hashes_match(racer.secret_hash, token)
     provisioned = Event.objects.filter(type=EventType.PROVISIONED, identity="racer-1")
     assert provisioned.count() == 1
     refused = Event.objects.filter(type=EventType.PROVISION_FAILED, identity="racer-1")
@@ -385,7 +386,17 @@ def test_an_activation_is_checked_against_settings_changed_since_they_were_read(
     assert failed.get().payload["status"] == 403
 
 
-# --- Answered in the event loop (provisioning.host.answer_in_loop) ----------------------------
+# --- Taken in the event loop (provisioning.api.in_loop) --------------------------------------
+
+
+def answer_in_loop(environ):
+    """What the front does in its loop: route the request, run the device API's no-query
+    step. (answer, job), or None: a thread decides."""
+    routed = route(environ)
+    if routed is None:
+        return None
+    pending = api.in_loop(*routed)
+    return None if pending is None else (pending.answer, pending.job)
 
 
 def loop_environ(connector, path="/provision/activate", body=b"id=e-1", **headers):
@@ -407,9 +418,7 @@ def loop_environ(connector, path="/provision/activate", body=b"id=e-1", **header
         "client": (peer, 40000),
         "headers": [(k.encode(), v.encode()) for k, v in raw.items() if v is not None],
     }
-    environ = build_environ(scope, io.BytesIO(body))
-    environ["iot.front"] = True
-    return environ
+    return build_environ(scope, io.BytesIO(body))
 
 
 @pytest.fixture
@@ -417,7 +426,7 @@ def cached_line(line):
     """`line`, in developer mode, its settings read (and kept) by this process."""
     connector, tokens = line
     Connector.objects.filter(pk=connector.pk).update(devmode=True)
-    auth.load_connector(connector.pk, "127.0.0.1")
+    connectors.load(connector.pk, "127.0.0.1")
     return connector, tokens
 
 
@@ -430,11 +439,11 @@ def test_the_loop_takes_an_activation_with_the_address_seen_through_trusted_prox
     before = dict(environ)
     with django_assert_num_queries(0):
         response, job = answer_in_loop(environ)
-    assert response.status_code == 200 and len(response.content) == 40
-    assert isinstance(job, batch.ClaimJob) and job.identity == "e-1"
+    assert response.status == 200 and len(response.content) == 40
+    assert isinstance(job, ClaimJob) and job.identity == "e-1"
     assert job.ip == "203.0.113.5"  # the loopback proxy is trusted
     assert environ == before  # the ordinary path, if needed, starts from the request as sent
-    assert auth.keys.hashes_match(job.secret_hash, response.content.decode())
+    assert keys.hashes_match(job.secret_hash, response.content.decode())
     # From an untrusted peer, the forwarded address is not believed.
     _response, job = answer_in_loop(
         loop_environ(connector, peer="198.51.100.20", x_forwarded_for="203.0.113.5")
@@ -449,9 +458,9 @@ def test_the_loop_takes_a_token_write(cached_line, django_assert_num_queries):
     )
     with django_assert_num_queries(0):
         response, job = answer_in_loop(environ)
-    assert response.status_code == 204
-    assert isinstance(job, batch.WriteJob) and job.rows == [("temp", "20", None)]
-    assert batch.write_jobs([job]) == [True]
+    assert response.status == 204
+    assert isinstance(job, WriteJob) and job.rows == [ValueRow("temp", "20", None)]
+    assert store.execute([job]) == [STORED]
     assert AliasValue.objects.get().reported == "20"
 
 
@@ -483,8 +492,9 @@ def test_the_loop_leaves_every_other_write_to_the_ordinary_path(cached_line, cha
 def test_the_loop_leaves_activations_it_cannot_decide_to_the_ordinary_path(line):
     connector, _tokens = line
     device_services.whitelist_device(connector, "e-1")
+    connectors.forget(connector.pk)
     assert answer_in_loop(loop_environ(connector)) is None  # settings not read yet
-    auth.load_connector(connector.pk, "127.0.0.1")
+    connectors.load(connector.pk, "127.0.0.1")
     assert answer_in_loop(loop_environ(connector)) is None  # plain HTTP, not developer mode
     secure = loop_environ(connector, x_forwarded_proto="https")
     assert answer_in_loop(secure) is not None  # from the trusted proxy, over TLS
@@ -494,42 +504,44 @@ def test_the_loop_leaves_activations_it_cannot_decide_to_the_ordinary_path(line)
         answer_in_loop(loop_environ(connector, x_forwarded_proto="https", body=b"id=a b")) is None
     )
     Connector.objects.filter(pk=connector.pk).update(provisioning_enabled=False)
-    auth.load_connector(connector.pk, "127.0.0.1")
+    connectors.load(connector.pk, "127.0.0.1")
     assert answer_in_loop(loop_environ(connector, x_forwarded_proto="https")) is None
 
 
 @pytest.fixture
-def django_runs(live_server, monkeypatch):
-    """Counts the requests the server hands to Django (the rest it answered in its loop)."""
+def thread_runs(live_server, monkeypatch):
+    """The device API requests the server hands to a thread (the rest it took in its loop)."""
     runs = []
     run_sync = live_server.app.run_sync
 
     def counted(function, *args):
-        if function is run_wsgi:
-            runs.append(args[1]["PATH_INFO"])
+        if function is DEVICE_API.handle:
+            runs.append(args[0].path_info)
         return run_sync(function, *args)
 
     monkeypatch.setattr(live_server.app, "run_sync", counted)
     return runs
 
 
-def test_a_write_answered_in_the_loop_looks_like_one_answered_by_django(
-    live_server, devmode_connector, django_runs
+def test_a_write_taken_in_the_loop_looks_like_one_answered_on_a_thread(
+    live_server, devmode_connector, thread_runs
 ):
-    device = activated(live_server, devmode_connector, "same-1")  # first read of the settings
-    by_django = device.write("temp=1")  # the first: the process learns the definitions
-    assert django_runs == ["/provision/activate", "/onep:v1/stack/alias"]
-    in_loop = device.write("temp=2")
-    assert len(django_runs) == 2  # not handed to Django
-    assert (by_django.status_code, in_loop.status_code) == (204, 204)
-    assert in_loop.content == by_django.content == b""
-    assert dict(in_loop.headers) == dict(by_django.headers)
+    device = activated(live_server, devmode_connector, "same-1")  # reads the settings
+    assert thread_runs == ["/provision/activate"]
+    in_loop = device.write("temp=1")  # no warm-up: the activation's read serves the write
+    assert len(thread_runs) == 1
+    connectors.forget(devmode_connector.pk)  # as in a process that has not read them yet
+    on_thread = device.write("temp=2")
+    assert thread_runs == ["/provision/activate", "/onep:v1/stack/alias"]
+    assert (on_thread.status_code, in_loop.status_code) == (204, 204)
+    assert in_loop.content == on_thread.content == b""
+    assert dict(in_loop.headers) == dict(on_thread.headers)
     assert AliasValue.objects.get().reported == "2"
     assert Event.objects.filter(type=EventType.DATA_IN).count() == 2
-    # An activation, once the settings are known, is answered in the loop too.
+    # An activation, once the settings are known, is taken in the loop too.
     device_services.whitelist_device(devmode_connector, "same-2")
     assert post_activate(live_server, devmode_connector, "same-2").status_code == 200
-    assert len(django_runs) == 2
+    assert len(thread_runs) == 2
     assert Device.objects.get(identity="same-2").state == "devmode"
 
 
@@ -594,7 +606,7 @@ def test_sqlite_concurrent_activations_across_two_server_processes_yield_one_tok
 def test_sqlite_batches_take_turns_on_a_file_lock_beside_the_database(sqlite_pair):
     servers, connector, tokens, database = sqlite_pair
     device = Device_(servers[0], connector, tokens[0])
-    assert device.write("temp=first").status_code == 204  # the process learns the definitions
+    assert device.write("temp=first").status_code == 204
     with open(f"{database}.batch-lock", "a") as lock, ThreadPoolExecutor(1) as pool:
         fcntl.flock(lock, fcntl.LOCK_EX)  # as another process's batch would
         writing = pool.submit(device.write, "temp=second")

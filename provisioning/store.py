@@ -1,0 +1,187 @@
+"""The device store: every device write, record, activation and first certificate contact,
+from every entry (the event loop, a Django thread, the MQTT gateway), is a job
+(`provisioning.jobs`) executed here.
+
+`execute(jobs)` runs jobs of one kind together in one transaction: a batch. The server
+collects the jobs that arrive while a batch runs and sends them as the next one (group
+commit, `iotconnector.front.Batcher`); a Django thread or a script sends a batch of one
+(`run`). Either way a job is answered only after its own commit.
+
+One implementation per database backend: PostgreSQL writes and claims are one statement per
+batch (`provisioning.store_pg`), SQLite runs the same checks as a few statements in one
+transaction (`provisioning.store_sqlite`). Records and certificates, rarer, are one
+implementation for both (below).
+
+A job the batch does not store comes back `UNSTORED`, and `provisioning.explain` finds out
+why (a read-only step, not a second execution of the request).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import lru_cache
+
+from django.db import DatabaseError, connection, transaction
+
+from connector import events
+from connector.models import Event
+from connector.sql import insert_rows, tables
+from connector.sql import run as sql_run
+from devices.models import AliasValue, DataPoint, Device, DeviceAuthType, Status
+from provisioning import longpoll, rules, store_pg, store_sqlite
+from provisioning.answers import Answer
+from provisioning.jobs import STORED, UNSTORED, CertificateJob, Job, JobResult, RecordJob
+from provisioning.rows import WRITER_LOCK, touch
+from provisioning.wire import encode_pairs
+
+log = logging.getLogger(__name__)
+
+
+def execute(jobs: list[Job]) -> list[JobResult]:
+    """Execute jobs of one kind in one transaction; one result per job, in order. No two
+    jobs may share a key. A batch that fails stores none (all UNSTORED) and leaves the
+    connection usable."""
+    if not jobs:
+        return []
+    kind = jobs[0].kind
+    try:
+        if kind in ("write", "claim"):
+            backend = _backend()
+            results = backend.write(jobs) if kind == "write" else backend.claim(jobs)
+        else:
+            with WRITER_LOCK.held(), transaction.atomic():
+                store = _record if kind == "record" else _certificate
+                results = [store(job) for job in jobs]
+    except DatabaseError:
+        log.exception("a batch of %d %s jobs failed; each is explained on its own", len(jobs), kind)
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        return [UNSTORED] * len(jobs)
+    return results
+
+
+def run(job: Job) -> JobResult:
+    """A batch of one, on this thread's connection."""
+    return execute([job])[0]
+
+
+def _backend():
+    return store_pg if connection.vendor == "postgresql" else store_sqlite
+
+
+# --- Records (both backends) ------------------------------------------------------------------
+
+POINT_COLUMNS = ["device_id", "alias", "timestamp", "value"]
+POINTS_PER_STATEMENT = 1000
+
+
+def _record(job: RecordJob) -> JobResult:
+    """Store every point, or none when any collides with a stored one (409, naming them). The
+    newest point of an alias becomes its latest value when it is newer than the stored one,
+    so a read answers it whether it came from a write or a record (SPEC.md section 3)."""
+    if collisions := _collisions(job):
+        body = encode_pairs(
+            (alias, ",".join(str(ts // 1_000_000) for ts in sorted(stamps)))
+            for alias, stamps in collisions.items()
+        )
+        return Answer(409, body)
+    rows = [(job.device_id, a, ts, v) for a, items in job.points.items() for ts, v in items]
+    for start in range(0, len(rows), POINTS_PER_STATEMENT):
+        insert_rows(DataPoint, POINT_COLUMNS, rows[start : start + POINTS_PER_STATEMENT])
+    latest = []
+    for alias, items in job.points.items():
+        ts, value = max(items)
+        latest.append((job.device_id, alias, value, value if alias in job.settable else None, ts))
+    if latest:
+        newer = sql_run(_latest_sql(len(latest)), [v for row in latest for v in row])
+        longpoll.announce(job.device_id, [alias for (alias,) in newer])
+    insert_rows(Event, events.COLUMNS, [job.event._replace(identity=job.identity)])
+    touch(job.device_id, job.last_ip, job.last_seen, job.ip, job.now)
+    return STORED
+
+
+def _collisions(job: RecordJob) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for alias, items in job.points.items():
+        stamps = [ts for ts, _value in items]
+        for start in range(0, len(stamps), POINTS_PER_STATEMENT):
+            chunk = stamps[start : start + POINTS_PER_STATEMENT]
+            stored = DataPoint.objects.filter(
+                device_id=job.device_id, alias=alias, timestamp__in=chunk
+            )
+            found.setdefault(alias, []).extend(stored.values_list("timestamp", flat=True))
+    return {alias: stamps for alias, stamps in found.items() if stamps}
+
+
+@lru_cache(maxsize=16)
+def _latest_sql(nrows: int) -> str:
+    """Upsert latest values, each only over an older one; RETURNING the aliases changed."""
+    (table,) = tables(AliasValue)
+    rows = ", ".join(["(%s, %s, %s, %s, %s)"] * nrows)
+    return (
+        f'INSERT INTO {table} (device_id, alias, reported, "set", timestamp) VALUES {rows}'  # noqa: S608
+        f" ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
+        f' "set" = COALESCE(excluded."set", {table}."set"), timestamp = excluded.timestamp'
+        f" WHERE excluded.timestamp > {table}.timestamp RETURNING alias"
+    )
+
+
+# --- Certificates' first contact (both backends) ----------------------------------------------
+
+
+CERTIFICATE_FIELDS = (
+    "state",
+    "auth_type",
+    "secret_hash",
+    "cert_pem",
+    "cert_fingerprint",
+    "cert_not_after",
+    "provisioned_at",
+)
+
+
+def _certificate(job: CertificateJob) -> JobResult:
+    """Store the certificate and provision: register a new identity, or claim a claimable
+    one (`rules.claimable`), or, rotating, replace a provisioned one's certificate."""
+    fields = {  # in CERTIFICATE_FIELDS order
+        "state": Status.PROVISIONED,
+        "auth_type": DeviceAuthType.CERTIFICATE,
+        "secret_hash": "",
+        "cert_pem": job.cert_pem,
+        "cert_fingerprint": job.cert_fingerprint,
+        "cert_not_after": job.cert_not_after,
+        "provisioned_at": job.provisioned_at,
+    }
+    if job.device_id is None:
+        columns = ["connector_id", "identity", "locked", "expire", "created_at", *fields]
+        values = [job.connector_id, job.identity, False, None, job.provisioned_at]
+        values = [_adapt(v) for v in [*values, *fields.values()]]
+        created = insert_rows(
+            Device, columns, [values], conflict=["connector_id", "identity"], returning=["id"]
+        )
+        if not created:
+            return UNSTORED  # registered by a concurrent first contact
+    else:
+        params = [_adapt(value) for value in fields.values()]
+        if not sql_run(_certificate_sql(job.rotate), [*params, job.device_id, job.now]):
+            return UNSTORED
+    insert_rows(Event, events.COLUMNS, [job.event])
+    return STORED
+
+
+def _adapt(value):
+    return connection.ops.adapt_datetimefield_value(value) if isinstance(value, datetime) else value
+
+
+@lru_cache(maxsize=2)
+def _certificate_sql(rotate: bool) -> str:
+    """Claim (or, rotating, replace the certificate of) one device: an UPDATE whose WHERE is
+    `rules.sql_claimable`, widened for a rotation to a provisioned device that is not locked."""
+    qn = connection.ops.quote_name
+    sets = ", ".join(f"{qn(name)} = %s" for name in CERTIFICATE_FIELDS)
+    where = rules.sql_claimable(state="state", locked="locked", expire="expire", now="%s")
+    if rotate:
+        states = ", ".join(f"'{state.value}'" for state in rules.CERTIFICATE_PROVISIONED)
+        where = f"({where} OR (NOT locked AND state IN ({states})))"
+    return f"UPDATE {tables(Device)[0]} SET {sets} WHERE id = %s AND {where} RETURNING id"  # noqa: S608

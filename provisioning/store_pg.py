@@ -1,0 +1,182 @@
+"""The store on PostgreSQL: a batch of writes, or of claims, is one statement.
+
+A device write's own work in the database is small (find the device, upsert a value, append an
+event); what it costs is the round trip around it: the statement's start, its commit, and the
+server's wake-ups that follow. One statement per batch, whatever its size, with the jobs
+passed as JSON (three parameters whatever the batch size: json.dumps is C, where adapting
+arrays element by element cost more than the rest of the batch). The rules are
+`provisioning.rules`' SQL encodings.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from django.conf import settings
+from django.db import connection
+
+from connector import events
+from connector.models import Connector, Event, EventType
+from connector.sql import run as sql_run
+from connector.sql import tables
+from devices.models import AliasValue, Device, DeviceActivity, DeviceAuthType
+from provisioning import connectors, longpoll, ratelimit, rules
+from provisioning.jobs import STORED, UNSTORED, ClaimJob, JobResult, WriteJob
+from provisioning.models import AuthFailure
+
+
+def write(jobs: list[WriteJob]) -> list[JobResult]:
+    params = [
+        json.dumps(
+            [
+                [n, j.connector_id, j.now, j.ip, j.secure, j.resources_version, j.device_id]
+                + [j.event.summary, j.event.payload]
+                for n, j in enumerate(jobs)
+            ]
+        ),
+        json.dumps([[n, h] for n, j in enumerate(jobs) for h in j.hashes]),
+        json.dumps([[n, r.alias, r.reported, r.set] for n, j in enumerate(jobs) for r in j.rows]),
+        DeviceAuthType.TOKEN,
+        ratelimit.current_window(),
+        settings.DEVICE_AUTH_FAILURE_LIMIT,
+        rules.ACTIVITY_EVERY_US,
+        str(EventType.DATA_IN),
+    ]
+    return _results(sql_run(_write_sql(), params), len(jobs))
+
+
+def claim(jobs: list[ClaimJob]) -> list[JobResult]:
+    params = [
+        json.dumps(
+            [
+                [n, j.connector_id, j.identity, j.state, j.auth_type, j.secret_hash]
+                + [j.provisioned_at.isoformat(), j.now, j.ip, j.event.summary, j.event.payload]
+                + [j.fingerprint, j.register]
+                for n, j in enumerate(jobs)
+            ]
+        ),
+        ratelimit.current_window(),
+        settings.DEVICE_AUTH_FAILURE_LIMIT,
+        str(EventType.PROVISIONED),
+    ]
+    return _results(sql_run(_claim_sql(), params), len(jobs))
+
+
+def _results(rows: list[tuple], count: int) -> list[JobResult]:
+    done = {int(row[0]) for row in rows}
+    return [STORED if n in done else UNSTORED for n in range(count)]
+
+
+def _json_rows(name: str, columns: list[str]) -> str:
+    """A CTE of the rows of a JSON array of arrays passed as a parameter: element 0 is the
+    job number `n`, then `columns` in order, each optionally cast (`"now::bigint"`)."""
+    fields = ["j->>0 AS n"]
+    for index, column in enumerate(columns, start=1):
+        column, _, cast = column.partition("::")
+        fields.append(f"(j->>{index})::{cast} AS {column}" if cast else f"j->>{index} AS {column}")
+    select = ", ".join(fields)  # names from this module only; values are parameters
+    return f"{name} AS (SELECT {select} FROM json_array_elements(%s::json) AS j)"  # noqa: S608
+
+
+def _event_columns() -> str:
+    return ", ".join(connection.ops.quote_name(c) for c in events.COLUMNS)
+
+
+@lru_cache(maxsize=1)
+def _write_sql() -> str:
+    """The jobs, their token hashes and their values come as three JSON arrays of arrays,
+    joined by job number `n`; a job names its device by token hashes or by `device_id`.
+    LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
+    plan of the prepared statement."""
+    device, conn, activity, failure, value, event = tables(
+        Device, Connector, DeviceActivity, AuthFailure, AliasValue, Event
+    )
+    job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
+    job += ["device_id::bigint", "summary", "payload"]
+    allowed = rules.sql_device_allowed(
+        locked="dev.locked", devmode="dev.devmode", secure="dev.secure", failures="dev.failures"
+    )
+    due = rules.sql_activity_due(
+        last_ip="ok.last_ip", last_seen="ok.last_seen", ip="ok.ip", now="ok.now"
+    )
+    return (
+        f"WITH {_json_rows('job', job)}, "  # noqa: S608
+        f"{_json_rows('candidate', ['hash'])}, "
+        f"{_json_rows('val', ['alias', 'reported', 'set_value'])}, "
+        "found AS (SELECT job.n, d.id, d.identity, d.locked FROM job"
+        " JOIN candidate ON candidate.n = job.n"
+        f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked FROM {device} d"
+        " WHERE d.connector_id = job.connector_id AND d.auth_type = %s"
+        " AND NOT (d.secret_hash = '') AND d.secret_hash = candidate.hash LIMIT 1) d"
+        " UNION ALL SELECT job.n, d.id, d.identity, d.locked FROM job"
+        f" JOIN {device} d ON d.id = job.device_id AND d.connector_id = job.connector_id), "
+        "dev AS (SELECT DISTINCT ON (job.n) job.*, found.id, found.identity, found.locked,"
+        " c.devmode, c.resources_version, a.last_ip, a.last_seen, f.count AS failures"
+        " FROM job JOIN found ON found.n = job.n"
+        f" JOIN {conn} c ON c.id = job.connector_id"
+        f" LEFT JOIN {activity} a ON a.device_id = found.id"
+        f" LEFT JOIN {failure} f ON f.connector_id = job.connector_id AND f.ip = job.ip"
+        " AND f.window_start = %s ORDER BY job.n), "
+        f"ok AS (SELECT * FROM dev WHERE {allowed} AND dev.resources_version = dev.version), "
+        f'stored AS (INSERT INTO {value} (device_id, alias, reported, "set", timestamp)'
+        " SELECT ok.id, val.alias, val.reported, val.set_value, ok.now FROM ok"
+        " JOIN val ON val.n = ok.n"
+        " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
+        f' "set" = COALESCE(excluded."set", {value}."set"), timestamp = excluded.timestamp'
+        " RETURNING device_id, alias), "
+        f"notified AS ({longpoll.NOTIFY_STORED}), "
+        f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
+        f" SELECT ok.id, ok.ip, ok.now FROM ok WHERE {due}"
+        " ON CONFLICT (device_id) DO UPDATE SET last_ip = excluded.last_ip,"
+        " last_seen = excluded.last_seen), "
+        f"logged AS (INSERT INTO {event} ({_event_columns()})"
+        " SELECT ok.connector_id, ok.now, %s, ok.identity, ok.ip, NULL, '', ok.summary,"
+        " ok.payload::jsonb FROM ok) "
+        "SELECT ok.n FROM ok, (SELECT count(*) FROM notified) AS notes"
+    )
+
+
+@lru_cache(maxsize=1)
+def _claim_sql() -> str:
+    """One conditional UPDATE for all the identities (of concurrent activations of one
+    identity, only one can still find it claimable), one INSERT for those that register
+    themselves (of concurrent ones, the unique constraint lets one in), then last seen and
+    the events. Only while the connector's settings are those the job was checked against
+    and its address is under the failure limit."""
+    device, conn, activity, event, failure = tables(
+        Device, Connector, DeviceActivity, Event, AuthFailure
+    )
+    job = ["connector_id", "identity", "state", "auth_type", "secret_hash"]
+    job += ["provisioned_at::timestamptz", "now::bigint", "ip::inet", "summary", "payload"]
+    job += ["fingerprint", "register::bool"]
+    claimable = rules.sql_claimable(
+        state="d.state", locked="d.locked", expire="d.expire", now="job.now"
+    )
+    done = "job.n, job.connector_id, job.identity, job.ip, job.now, job.summary, job.payload"
+    return (
+        f"WITH {_json_rows('job', job)}, "  # noqa: S608
+        f"checked AS (SELECT job.* FROM job JOIN {conn} c ON c.id = job.connector_id"
+        f" AND {connectors.sql_fingerprint('c')} = job.fingerprint"
+        f" LEFT JOIN {failure} f ON f.connector_id = job.connector_id AND f.ip = job.ip"
+        f" AND f.window_start = %s WHERE {rules.sql_under_failure_limit('f.count')}), "
+        f"claimed AS (UPDATE {device} d SET state = job.state, auth_type = job.auth_type,"
+        " secret_hash = job.secret_hash, provisioned_at = job.provisioned_at FROM checked job"
+        " WHERE d.connector_id = job.connector_id AND d.identity = job.identity"
+        f" AND {claimable} RETURNING d.id, {done}), "
+        f"registered AS (INSERT INTO {device} (connector_id, identity, state, locked, auth_type,"
+        " secret_hash, cert_pem, cert_fingerprint, cert_not_after, expire, created_at,"
+        " provisioned_at) SELECT job.connector_id, job.identity, job.state, false,"
+        " job.auth_type, job.secret_hash, '', '', NULL, NULL, job.provisioned_at,"
+        " job.provisioned_at FROM checked job WHERE job.register"
+        " ON CONFLICT (connector_id, identity) DO NOTHING RETURNING id, connector_id, identity), "
+        f"done AS (SELECT * FROM claimed UNION ALL SELECT r.id, {done} FROM registered r"
+        " JOIN checked job ON job.connector_id = r.connector_id AND job.identity = r.identity), "
+        f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
+        " SELECT id, ip, now FROM done ON CONFLICT (device_id) DO UPDATE SET"
+        " last_ip = excluded.last_ip, last_seen = excluded.last_seen), "
+        f"logged AS (INSERT INTO {event} ({_event_columns()})"
+        " SELECT connector_id, now, %s, identity, ip, NULL, '', summary, payload::jsonb"
+        " FROM done) "
+        "SELECT n FROM done"
+    )

@@ -1,0 +1,153 @@
+"""The store on SQLite: a batch is one transaction of a few statements, and the checks are
+`provisioning.rules`' predicates, asked of rows read in that transaction.
+
+SQLite has one writer at a time. Threads that each open a write transaction wait for its
+lock in SQLite's busy handler, which sleeps (1, 2, 5 … 100 ms); batches instead take turns
+on `store.WRITER_LOCK`, which hands over at once, and carry every waiting job.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from django.db import connection, transaction
+
+from connector import events
+from connector.models import Connector, Event
+from connector.sql import insert_rows, tables
+from connector.sql import run as sql_run
+from devices.models import AliasValue, Device, DeviceActivity
+from provisioning import auth, connectors, longpoll, ratelimit, rules
+from provisioning.jobs import STORED, UNSTORED, ClaimJob, JobResult, WriteJob
+from provisioning.models import AuthFailure
+from provisioning.rows import ACTIVITY_COLUMNS, ACTIVITY_UPSERT, WRITER_LOCK
+
+VALUE_COLUMNS = ["device_id", "alias", "reported", "set", "timestamp"]
+VALUE_UPSERT = {
+    "conflict": ["device_id", "alias"],
+    "update": ["reported", "timestamp"],
+    "keep_if_null": ["set"],
+}
+
+
+def write(jobs: list[WriteJob]) -> list[JobResult]:
+    with WRITER_LOCK.held(), transaction.atomic():
+        results, values, seen, logged, stored = [], [], [], [], []
+        for job in jobs:
+            device = _device(job)
+            if device is None or _refused(job, device):
+                results.append(UNSTORED)
+                continue
+            results.append(STORED)
+            values += [(device.id, r.alias, r.reported, r.set, job.now) for r in job.rows]
+            if rules.activity_due(device.last_ip, device.last_seen, job.ip, job.now):
+                seen.append((device.id, job.ip, job.now))
+            logged.append(job.event._replace(identity=device.identity))
+            stored.append((device.id, [r.alias for r in job.rows]))
+        insert_rows(AliasValue, VALUE_COLUMNS, values, **VALUE_UPSERT)
+        insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
+        insert_rows(Event, events.COLUMNS, logged)
+        for device_id, aliases in stored:
+            longpoll.announce_local(device_id, aliases)
+    return results
+
+
+def _device(job: WriteJob) -> auth.DeviceRow | None:
+    if job.hashes:
+        return auth.by_token_hashes(job.connector_id, job.ip, job.hashes)
+    return auth.by_id(job.connector_id, job.ip, job.device_id)
+
+
+def _refused(job: WriteJob, device: auth.DeviceRow) -> bool:
+    if device.resources_version != job.resources_version:
+        return True  # checked against definitions that have changed since
+    refusal = rules.device_refusal(
+        secure=job.secure, devmode=device.devmode, failures=device.failures, locked=device.locked
+    )
+    return refusal is not None
+
+
+def claim(jobs: list[ClaimJob]) -> list[JobResult]:
+    with WRITER_LOCK.held(), transaction.atomic():
+        ids = list({job.connector_id for job in jobs})
+        current = dict(sql_run(_settings_sql(len(ids)), ids))
+        window = ratelimit.current_window()
+        failures = {
+            (connector_id, ip): count
+            for connector_id, ip, count in sql_run(_failures_sql(len(ids)), [window, *ids])
+        }
+        results, seen, logged = [], [], []
+        for job in jobs:
+            if current.get(job.connector_id) != job.fingerprint or rules.over_failure_limit(
+                failures.get((job.connector_id, job.ip))
+            ):
+                results.append(UNSTORED)
+                continue
+            found = sql_run(_claim_sql(), _claim_params(job))
+            if not found and job.register:
+                found = sql_run(_register_sql(), _register_params(job))
+            if not found:
+                results.append(UNSTORED)
+                continue
+            results.append(STORED)
+            seen.append((found[0][0], job.ip, job.now))
+            logged.append(job.event)
+        insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
+        insert_rows(Event, events.COLUMNS, logged)
+    return results
+
+
+CLAIMED_FIELDS = ("state", "auth_type", "secret_hash", "provisioned_at")
+
+
+def _claim_params(job: ClaimJob) -> list:
+    provisioned_at = connection.ops.adapt_datetimefield_value(job.provisioned_at)
+    return [job.state, job.auth_type, job.secret_hash, provisioned_at] + [
+        job.connector_id,
+        job.identity,
+        job.now,
+    ]
+
+
+@lru_cache(maxsize=1)
+def _claim_sql() -> str:
+    qn = connection.ops.quote_name
+    sets = ", ".join(f"{qn(name)} = %s" for name in CLAIMED_FIELDS)
+    claimable = rules.sql_claimable(state="state", locked="locked", expire="expire", now="%s")
+    return (
+        f"UPDATE {tables(Device)[0]} SET {sets}"  # noqa: S608
+        f" WHERE connector_id = %s AND identity = %s AND {claimable} RETURNING id"
+    )
+
+
+def _register_params(job: ClaimJob) -> list:
+    provisioned_at = connection.ops.adapt_datetimefield_value(job.provisioned_at)
+    fields = [job.connector_id, job.identity, job.state, False, job.auth_type, job.secret_hash]
+    return [*fields, provisioned_at, provisioned_at]
+
+
+@lru_cache(maxsize=1)
+def _register_sql() -> str:
+    return (
+        f"INSERT INTO {tables(Device)[0]} (connector_id, identity, state, locked, auth_type,"  # noqa: S608
+        " secret_hash, cert_pem, cert_fingerprint, cert_not_after, expire, created_at,"
+        " provisioned_at) VALUES (%s, %s, %s, %s, %s, %s, '', '', NULL, NULL, %s, %s)"
+        " ON CONFLICT (connector_id, identity) DO NOTHING RETURNING id"
+    )
+
+
+@lru_cache(maxsize=8)
+def _settings_sql(ids: int) -> str:
+    (table,) = tables(Connector)
+    marks = ", ".join(["%s"] * ids)
+    fingerprint = connectors.sql_fingerprint("c")
+    return f"SELECT c.id, {fingerprint} FROM {table} c WHERE c.id IN ({marks})"  # noqa: S608
+
+
+@lru_cache(maxsize=8)
+def _failures_sql(ids: int) -> str:
+    (table,) = tables(AuthFailure)
+    return (
+        f"SELECT connector_id, ip, count FROM {table} WHERE window_start = %s"  # noqa: S608
+        f" AND connector_id IN ({', '.join(['%s'] * ids)})"
+    )
