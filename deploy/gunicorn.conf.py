@@ -23,7 +23,7 @@ def _database_is_sqlite() -> bool:
 
 # Workers: one per core on PostgreSQL. Each worker is an event loop with its own threads
 # already; with two per core the no-op view answered fewer requests (7,300 against 7,900/s)
-# and device writes were stored in smaller batches (provisioning.batch). SQLite has a single
+# and device writes were stored in smaller batches (provisioning.store). SQLite has a single
 # writer, and the embedded default runs one process unless WEB_CONCURRENCY says otherwise:
 # device writes and activations then never wait on another process. With two, the device
 # API answered a third more, the processes' batches taking turns on a file lock (see the

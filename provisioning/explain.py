@@ -102,9 +102,6 @@ def _claim(job: ClaimJob) -> Answer | ClaimJob:
         state, locked, expire = row or (None, False, None)
         register = rules.may_register(connector)
         refusal = rules.unclaimed_refusal(state, locked, expire, job.now, register=register)
-        if refusal is None and row is None and job.register:
-            # Registered by a concurrent activation between the statement and this read.
-            refusal = rules.Refusal(409, "identity already provisioned", counted=True)
     if refusal is not None:
         return activation_refused(job.connector_id, identity, job.ip, refusal)
     return dataclasses.replace(job, fingerprint=entry.fingerprint, register=register)

@@ -58,6 +58,10 @@ def route(environ: dict) -> tuple[WSGIRequest, str] | None:
     """A device API request and its connector id ("" when the host names none), with the
     trust boundary applied as the middleware applies it; None for any other request (and
     for a host Django must refuse), which Django answers."""
+    # Django reads the host from Host (or SERVER_NAME): a management request costs no more.
+    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+    if device_host_connector(split_domain_port(host)[0]) is None:
+        return None
     request = WSGIRequest(dict(environ))  # the environ stays as sent, for Django
     trust_forwarded(request.META)
     try:

@@ -13,7 +13,7 @@ from connector.models import Connector, EventType, now_us
 from devices.models import DeviceAuthType, Status
 from devices.resources import value_error
 from provisioning import connectors, rows, rules
-from provisioning.answers import EMPTY, NOT_FOUND, Answer, Pending, text
+from provisioning.answers import EMPTY, NOT_FOUND, Answer, Pending, refused
 from provisioning.auth import TOKEN_RE, DeviceRow
 from provisioning.connectors import CachedConnector
 from provisioning.explain import complete
@@ -78,7 +78,7 @@ def activate_device(
     if entry is None:
         return NOT_FOUND
     if rules.over_failure_limit(failures):
-        return text(429, rules.TOO_MANY)
+        return refused(rules.Refusal(429, rules.TOO_MANY))
     found = activation(entry, identity, password, ip, secure=secure)
     return complete(found) if isinstance(found, Pending) else found
 
