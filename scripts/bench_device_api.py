@@ -6,6 +6,8 @@
 For SQLite and PostgreSQL in turn: a fresh database, the documented production server
 (gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py), then wrk measures, in interleaved
 rounds (medians)
+  bare      a bare ASGI app answering 204 under the same gunicorn/uvicorn worker
+            (scripts/bare_asgi.py): what the server costs by itself
   baseline  GET /healthz on the management host (a no-op Django view, full middleware stack)
   write     POST /onep:v1/stack/alias, token auth, one defined alias (SPEC §3), 200 devices in turn
   activate  POST /provision/activate, a fresh whitelisted identity per request
@@ -199,37 +201,28 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
     info = prepare(env, args.rounds, per_round)
     host = f"{info['connector']}.localhost"
     port = args.port
-    server = subprocess.Popen(
-        [
-            str(Path(PY).parent / "gunicorn"),
-            "iotconnector.asgi",
-            "-c",
-            "deploy/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
+    server = start(env, "iotconnector.asgi", port)
+    bare = start(env, "scripts.bare_asgi:app", port + 1)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)  # noqa: S310
-                break
-            except OSError:
-                time.sleep(0.2)
+        for url in (f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{port + 1}/"):
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(url, timeout=1)  # noqa: S310
+                    break
+                except OSError:
+                    time.sleep(0.2)
         base = f"http://127.0.0.1:{port}"
         write = WRITE_LUA
         tokens_lua = "tokens = {" + ", ".join(f'"{t}"' for t in info["tokens"]) + "}\n"
         scenarios = {
+            "bare": (f"http://127.0.0.1:{port + 1}/", None, ""),
             "baseline": (base + "/healthz", None, ""),
             "write": (base, write, f'host_header = "{host}"\n' + tokens_lua),
             "activate": (base, ACTIVATE_LUA, f'host_header = "{host}"\n'),
         }
         runs: dict[str, list[dict]] = {scenario: [] for scenario in scenarios}
-        measured = {"app": lambda: processes(parent=server.pid)}
+        # Only one of the two servers is busy at a time: both count as the app.
+        measured = {"app": lambda: processes(parent=server.pid) + processes(parent=bare.pid)}
         if database_url.startswith("postgres"):
             measured["db"] = lambda: processes(name="postgres")
         # Interleaved rounds (round 0 is a short warm-up), medians reported: a noisy
@@ -243,9 +236,10 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
                     runs[scenario].append(result)
         results = {scenario: median_run(found) for scenario, found in runs.items()}
     finally:
-        server.terminate()
-        server.wait(30)
-    baseline = results["baseline"]["rps"]
+        for process in (server, bare):
+            process.terminate()
+            process.wait(30)
+    baseline, bare_rps = results["baseline"]["rps"], results["bare"]["rps"]
     print(f"{name}:")
     for key, result in results.items():
         ratio = result["rps"] / baseline
@@ -253,9 +247,22 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
         cpu = "  ".join(f"{name} {ms:.3f}" for name, ms in result["cpu_ms"].items())
         print(
             f"  {key:9s} {result['rps']:9.0f} req/s  {ratio:6.1%} of baseline  "
+            f"{result['rps'] / bare_rps:6.1%} of bare  "
             f"p99 {result['p99']}  (runs: {result['all']}){note}\n"
             f"  {'':9s} CPU ms/request: {cpu}  idle {result['idle']:.0%}"
         )
+
+
+def start(env: dict, app: str, port: int) -> subprocess.Popen:
+    """The production server command, serving `app`."""
+    return subprocess.Popen(
+        [str(Path(PY).parent / "gunicorn"), app, "-c", "deploy/gunicorn.conf.py"]
+        + ["--bind", f"127.0.0.1:{port}"],
+        env=env,
+        cwd=ROOT,
+        stdout=open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
 
 
 def main() -> None:
