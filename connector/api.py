@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import logs, services
+from connector import logs, safeinput, services
 from connector.forms import ConnectorNameForm
 from connector.models import ApiToken, Connector
 from connector.settings_json import form_errors_to_json, form_from_patch, settings_to_json
@@ -155,15 +155,16 @@ class LogsView(APIView):
         flt, errors = logs.LogFilter.from_params(request.query_params)
         before = request.query_params.get("before", "")
         raw_limit = request.query_params.get("limit", str(logs.DEFAULT_LIMIT))
-        if before and not before.isdigit():
+        before_id = limit = None
+        try:
+            before_id = safeinput.whole_number(before, "before") if before else None
+        except safeinput.InputError:
             errors["before"] = "Give the id of the oldest event of the previous page."
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= logs.MAX_LIMIT:
+        try:
+            limit = safeinput.whole_number(raw_limit, "limit", low=1, high=logs.MAX_LIMIT)
+        except safeinput.InputError:
             errors["limit"] = f"Give a number from 1 to {logs.MAX_LIMIT}."
         if errors:
             return Response(errors, status=400)
-        events, more = logs.page(
-            logs.filtered(connector, flt),
-            before=int(before) if before else None,
-            limit=int(raw_limit),
-        )
+        events, more = logs.page(logs.filtered(connector, flt), before=before_id, limit=limit)
         return Response({"mayLoadMore": more, "events": [logs.event_json(e) for e in events]})

@@ -24,6 +24,8 @@ class EmailBackend(ModelBackend):
         username = username or kwargs.get("email")
         if username is None or password is None:
             return None
+        if "\x00" in username or "\x00" in password:
+            return None  # no account has one, and PostgreSQL cannot compare text with it
         ip = getattr(request, "META", {}).get("REMOTE_ADDR") if request is not None else None
         if ip and ratelimit.failures(ACCOUNTS_KEY, ip) >= settings.ACCOUNT_AUTH_FAILURE_LIMIT:
             return None

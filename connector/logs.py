@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import QuerySet
 
+from connector import safeinput
 from connector.models import Connector, Event, EventType, now_us
 
 DEFAULT_LIMIT = 50
@@ -47,7 +48,7 @@ class LogFilter:
 
 def _parse_time(raw: str) -> int:
     if raw.isdigit():
-        return int(raw)
+        return safeinput.whole_number(raw, "the time")
     moment = dt.datetime.fromisoformat(raw)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)

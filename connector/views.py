@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from connector import logs, services
+from connector import logs, safeinput, services
 from connector.forms import ConnectorNameForm, SettingsForm, SignUpForm
 from connector.models import Connector, EventType, User
 from devices.forms import ResourceForm
@@ -124,7 +124,7 @@ def connector_logs(request: HttpRequest, connector_id: str) -> HttpResponse:
     events, more = [], False
     if not errors:
         events, more = logs.page(
-            logs.filtered(connector, flt), before=int(before) if before.isdigit() else None
+            logs.filtered(connector, flt), before=safeinput.number_or_none(before)
         )
     query = request.GET.copy()
     query.pop("before", None)
@@ -150,10 +150,10 @@ def connector_logs_feed(request: HttpRequest, connector_id: str) -> HttpResponse
         return HttpResponse("signed out", status=403, content_type="text/plain")
     connector = user_connector(request, connector_id)
     flt, errors = logs.LogFilter.from_params(request.GET)
-    after = request.GET.get("after", "")
-    if errors or not after.isdigit():
+    after = safeinput.number_or_none(request.GET.get("after", ""))
+    if errors or after is None:
         return HttpResponse("bad filter", status=400, content_type="text/plain")
-    events = logs.newer(logs.filtered(connector, flt), int(after))
+    events = logs.newer(logs.filtered(connector, flt), after)
     response = render(request, "connector/_event_rows.html", {"events": events})
     response["X-Last-Id"] = str(events[0].id if events else after)
     response["Cache-Control"] = "no-store"

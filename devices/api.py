@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from connector import safeinput
 from connector.api import user_connector
 from connector.models import now_us
 from devices import listing, services
@@ -72,7 +73,8 @@ class IdentityListView(APIView):
         connector = user_connector(request, connector_id)
         flt, errors = listing.DeviceFilter.from_params(request.query_params, tag_param=True)
         raw_limit = request.query_params.get("limit", str(listing.DEFAULT_LIMIT))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= listing.MAX_LIMIT:
+        limit = safeinput.number_or_none(raw_limit, low=1, high=listing.MAX_LIMIT)
+        if limit is None:
             errors["limit"] = f"Give a number from 1 to {listing.MAX_LIMIT}."
         if errors:
             return Response(errors, status=400)
@@ -82,7 +84,7 @@ class IdentityListView(APIView):
             listing.filtered(connector, flt).prefetch_related("values"),
             after=after,
             before=before,
-            limit=int(raw_limit),
+            limit=limit,
         )
         now = now_us()
         return Response(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.db.models import Prefetch
 from django.utils import timezone
 
+from connector import safeinput
 from connector.models import Connector, now_us
 from devices.models import Device, DeviceTag, Status
 
@@ -42,10 +43,10 @@ class DeviceFilter:
             tag_value = params.get("tag_value") or None
         days = None
         if raw := params.get("cert_expires_days", "").strip():
-            if not raw.isdigit() or not 0 <= int(raw) <= 3650:
+            try:
+                days = safeinput.whole_number(raw, "cert_expires_days", high=3650)
+            except safeinput.InputError:
                 errors["cert_expires_days"] = "Give a number of days from 0 to 3650."
-            else:
-                days = int(raw)
         return (
             cls(
                 status=status,

@@ -5,9 +5,9 @@ Each raises `ValueError` with a message that can be shown as it is.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from connector import safeinput
 from connector.identity import IdentityFormat, identity_error
 from connector.models import now_us
 from provisioning.pki import CertInfo, PKIError, cert_info, load_certificates
@@ -60,11 +60,9 @@ def parse_tags_json(text: str) -> list[dict[str, str]]:
     if not text.strip():
         return []
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"Tags are not valid JSON ({exc.msg} at character {exc.pos + 1})."
-        ) from exc
+        data = safeinput.loads(text, "Tags", "are")
+    except safeinput.InputError as exc:
+        raise ValueError(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from exc
     return check_tags(data)
 
 

@@ -103,6 +103,11 @@ class Front:
             return None
         try:
             environ = build_environ(scope, body)
+            if "CONTENT_LENGTH" not in environ:
+                # A chunked body, read whole above: its length is now known. Without it,
+                # WSGI readers (Django's included) read a chunked body as empty.
+                environ["CONTENT_LENGTH"] = str(body.seek(0, 2))
+                body.seek(0)
             routed = self.device_api.route(environ) if self.device_api is not None else None
             if routed is not None:
                 return await self.device(*routed)

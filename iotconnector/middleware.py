@@ -66,3 +66,23 @@ def trust_forwarded(meta: dict) -> None:
     else:
         for header in FORWARDED_HEADERS:
             meta.pop(header, None)
+
+
+class RefuseNulMiddleware:
+    """A NUL in the path or query string (`%00` included) is refused with 400 before any
+    view: no identity, filter or name holds one, and PostgreSQL refuses to compare text with
+    it (the export sent 200, then cut the stream)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # PATH_INFO arrives decoded; QUERY_STRING as sent.
+        raw = request.META.get("PATH_INFO", "") + request.META.get("QUERY_STRING", "")
+        if "\x00" in raw or "%00" in raw:
+            return HttpResponse(
+                "the address contains a NUL character (%00)",
+                status=400,
+                content_type="text/plain; charset=utf-8",
+            )
+        return self.get_response(request)

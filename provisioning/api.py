@@ -134,7 +134,7 @@ def activate(request: HttpRequest, connector_id: str) -> Result:
     if rules.over_failure_limit(failures):
         return refused(rules.Refusal(429, rules.TOO_MANY))
     try:
-        fields = dict(wire.parse_pairs(_form_body(request, "id is required")))
+        fields = wire.parse_fields(_form_body(request, "id is required"))
     except wire.WireError as exc:
         return text(exc.status, exc.reason)
     identity = fields.get("id", fields.get("sn"))
@@ -151,7 +151,7 @@ def _cached_activation(request: HttpRequest, connector_id: str) -> Pending | Non
     if not rules.transport_allowed(request.is_secure(), entry.connector.devmode):
         return None
     try:
-        fields = dict(wire.parse_pairs(_form_body(request, "id is required")))
+        fields = wire.parse_fields(_form_body(request, "id is required"))
     except wire.WireError:
         return None
     identity, password = fields.get("id", fields.get("sn")), fields.get("password")

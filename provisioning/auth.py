@@ -63,7 +63,7 @@ def read_credentials(request: HttpRequest) -> Credentials:
         except (binascii.Error, UnicodeDecodeError):
             return Credentials(malformed=True)
         user, sep, password = decoded.partition(":")
-        if not sep:
+        if not sep or "\x00" in decoded:  # no identity or credential holds a NUL
             return Credentials(malformed=True)
         if user == "":
             return Credentials(token=password)  # Basic base64(":<token>")

@@ -52,7 +52,9 @@ def parse_timeout(value: str) -> int:
     value = value.strip()
     if not value.isascii() or not value.isdigit():
         raise WireError(400, "Request-Timeout must be a whole number of milliseconds (0-300000)")
-    return min(int(value), MAX_TIMEOUT_MS)
+    digits = value.lstrip("0") or "0"
+    # Clamped without int() of thousands of digits (Python refuses more than 4,300).
+    return MAX_TIMEOUT_MS if len(digits) > 6 else min(int(digits), MAX_TIMEOUT_MS)
 
 
 def parse_since(value: str | None) -> int | None:

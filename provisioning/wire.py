@@ -10,6 +10,8 @@ from urllib.parse import quote, unquote_to_bytes
 
 MAX_BODY = 1024 * 1024
 MAX_ALIAS = 64
+# Points one record request may carry (a 1 MiB body holds about 80,000 short ones).
+MAX_RECORD_POINTS = 10_000
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 # What a properly form-encoded value can contain. murano-client sends values raw (e.g. JSON
@@ -66,6 +68,16 @@ def parse_pairs(body: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+def parse_fields(body: bytes) -> dict[str, str]:
+    """A form whose fields each come once (`id=a&id=b` is refused: which would count?)."""
+    fields: dict[str, str] = {}
+    for name, value in parse_pairs(body):
+        if name in fields:
+            raise WireError(400, f"{name[:MAX_ALIAS]} appears twice")
+        fields[name] = value
+    return fields
+
+
 def parse_query_aliases(query: str) -> list[str]:
     """`?a1&a2` (read) into alias names; `a1=` forms are tolerated."""
     aliases = []
@@ -111,26 +123,38 @@ def parse_write(body: bytes) -> list[tuple[str, str]]:
 
 
 def parse_record(body: bytes, now_s: int, max_future_s: int = 86400) -> dict[str, list]:
-    """`alias=a&<ts>=<v>&<ts>=<v>&alias=b&…` into {alias: [(ts_seconds, value), …]}."""
+    """`alias=a&<ts>=<v>&<ts>=<v>&alias=b&…` into {alias: [(ts_seconds, value), …]}.
+
+    Linear in the body: each alias keeps a set of its timestamps. At most MAX_RECORD_POINTS
+    points per request."""
     pairs = parse_pairs(body)
     if not pairs:
         raise WireError(400, "nothing to record: send alias=<alias>&<timestamp>=<value>")
     points: dict[str, list] = {}
+    seen: dict[str, set[int]] = {}
     current = None
+    count = 0
     for key, value in pairs:
         if key == "alias":
             current = check_alias(value)
             points.setdefault(current, [])
+            seen.setdefault(current, set())
             continue
         if current is None:
             raise WireError(400, "a timestamp comes before any alias=")
         if not key.isascii() or not key.isdigit():
             raise WireError(400, f"timestamp {key[:20]!r} is not whole unix seconds")
+        if len(key.lstrip("0")) > len(str(now_s + max_future_s)):
+            raise WireError(400, f"timestamp {key[:20]}… is more than a day in the future")
         ts = int(key)
         if ts > now_s + max_future_s:
             raise WireError(400, f"timestamp {ts} is more than a day in the future")
-        if any(existing == ts for existing, _ in points[current]):
+        if ts in seen[current]:
             raise WireError(400, f"timestamp {ts} appears twice for {current}")
+        count += 1
+        if count > MAX_RECORD_POINTS:
+            raise WireError(413, f"at most {MAX_RECORD_POINTS} points per request")
+        seen[current].add(ts)
         points[current].append((ts, check_value(current, value)))
     if not any(points.values()):
         raise WireError(400, "no timestamp=value pairs to record")
