@@ -94,12 +94,13 @@ class Front:
         headers, body chunks); None when it was sent already. The request (environ, body) is
         dropped on return: a parked poll keeps only what it needs, which keeps the garbage
         collector's work small."""
-        body = await read_body(scope, receive, self.max_body)
+        limit = self.body_limit(scope)
+        body = await read_body(scope, receive, limit)
         if body is None:
             return None  # gone before the request was complete
         if isinstance(body, int):
-            limit = f"the body is larger than {self.max_body // 1024 // 1024} MiB"
-            await send_plain(send, body, limit.encode())
+            size = f"{limit // 1024 // 1024} MiB" if limit >= 1024 * 1024 else f"{limit} bytes"
+            await send_plain(send, body, f"the body is larger than {size}".encode())
             return None
         try:
             environ = build_environ(scope, body)
@@ -118,6 +119,17 @@ class Front:
         if status is None:
             return None  # a streamed response, already sent from its thread
         return status, headers, chunks
+
+    def body_limit(self, scope: dict) -> int:
+        """The largest body this request may send, known from its headers before any of it
+        is read: the device API's own limit on device hosts, the CSV import's only for the
+        import endpoints with credentials, Django's form limit for the rest."""
+        if self.device_api is None:
+            return self.max_body
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        signed = b"authorization" in headers or b"sessionid=" in headers.get(b"cookie", b"")
+        return min(self.max_body, self.device_api.body_limit(host, scope["path"], signed))
 
     async def device(self, request, connector_id: str) -> Answer | Wait:
         """A device API request: its no-query step in the loop when it has one, else its

@@ -1,11 +1,17 @@
 """gunicorn worker: uvicorn's event loop and HTTP parser, serving `iotconnector.asgi`."""
 
 import asyncio
+import logging
+import os
 import sys
 
 from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
+
+log = logging.getLogger(__name__)
+# How often a worker checks that its gunicorn master is still its parent.
+ORPHAN_CHECK_S = 1.0
 
 
 class Worker(UvicornWorker):
@@ -23,9 +29,13 @@ class Worker(UvicornWorker):
         self.config.app = self.wsgi
         server = Server(config=self.config)
         self._install_sigquit_handler()
-        watcher = asyncio.create_task(release_polls_on_exit(server))
+        watchers = [
+            asyncio.create_task(release_polls_on_exit(server)),
+            asyncio.create_task(exit_when_orphaned(server, self.ppid)),
+        ]
         await server.serve(sockets=self.sockets)
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
@@ -45,3 +55,15 @@ async def release_polls_on_exit(server: Server) -> None:
         from provisioning import longpoll
 
         longpoll.hub.close()
+
+
+async def exit_when_orphaned(server: Server, master: int) -> None:
+    """A worker whose master died (`kill -9`) is re-parented (to pid 1) and would serve on,
+    holding the port, so a restarted server could not bind: it stops, gracefully, within
+    about a second."""
+    while not server.should_exit:
+        if os.getppid() != master:
+            log.warning("the gunicorn master (pid %d) is gone: this worker stops", master)
+            server.should_exit = True
+            return
+        await asyncio.sleep(ORPHAN_CHECK_S)

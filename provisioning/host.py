@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.request import split_domain_port
 
 from iotconnector.middleware import trust_forwarded
-from provisioning import api, explain, store
+from provisioning import api, explain, store, wire
 from provisioning.answers import Answer, Pending, Result, text
 from provisioning.jobs import STORED, UNSTORED
 
@@ -78,12 +78,32 @@ def route(environ: dict) -> tuple[WSGIRequest, str] | None:
     return request, connector_id
 
 
+# The endpoints that take a CSV import (up to IMPORT_MAX_BYTES): the API's and the page's.
+IMPORT_PATHS = re.compile(
+    r"/api:1/service/[a-z0-9]{14,20}/device2/identities|/c/[a-z0-9]{14,20}/devices/import/"
+)
+# Multipart framing around the largest field or file.
+MULTIPART_ROOM = 1024 * 1024
+
+
+def body_limit(host: str, path: str, credentials: bool) -> int:
+    """The largest request body a request may send, decided from its host, path and whether
+    it carries credentials, before any of it is read (so nobody unauthenticated can make the
+    server spool 128 MiB to disk)."""
+    if device_host_connector(split_domain_port(host)[0]) is not None:
+        return wire.MAX_BODY
+    if credentials and IMPORT_PATHS.fullmatch(path):
+        return settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + MULTIPART_ROOM
+
+
 class DeviceAPI:
     """What the server's front needs of the device API: routing, the no-query step it runs
     in its event loop, the handlers and explanations it runs on its threads, and the store
     its batchers execute jobs with."""
 
     route = staticmethod(route)
+    body_limit = staticmethod(body_limit)
     in_loop = staticmethod(api.in_loop)
     execute = staticmethod(store.execute)
     stored = STORED
