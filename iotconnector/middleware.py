@@ -86,3 +86,53 @@ class RefuseNulMiddleware:
                 content_type="text/plain; charset=utf-8",
             )
         return self.get_response(request)
+
+
+class ContentSecurityPolicyMiddleware:
+    """Every management response carries CONTENT_SECURITY_POLICY: the pages run only their
+    own script and styles from static/ (no inline script, no eval), embed nothing, and
+    cannot be framed."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
+        return response
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class CrossOriginApiWriteMiddleware:
+    """A browser may replay cached Basic credentials on a form another site posts to the
+    management API: refuse any API write a browser marks as cross-site (`Sec-Fetch-Site`)
+    or whose `Origin` is not this host. Scripts and curl send neither, and pages of this
+    site send their own origin; session-authenticated writes also need the CSRF token."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method in UNSAFE_METHODS and request.path_info.startswith("/api:1/"):
+            if reason := cross_origin(request):
+                return HttpResponse(
+                    f"cross-origin API write refused: {reason}",
+                    status=403,
+                    content_type="text/plain; charset=utf-8",
+                )
+        return self.get_response(request)
+
+
+def cross_origin(request: HttpRequest) -> str | None:
+    site = request.META.get("HTTP_SEC_FETCH_SITE", "")
+    if site and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site[:20]}"
+    origin = request.META.get("HTTP_ORIGIN")
+    if origin is None:
+        return None
+    scheme, _, host = origin.partition("://")
+    if origin == "null" or host != request.get_host() or scheme != request.scheme:
+        return f"Origin {origin[:80]} is not this site"
+    return None

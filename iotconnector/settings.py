@@ -27,11 +27,17 @@ if (BASE_DIR / ".env").is_file():
 DATA_DIR = BASE_DIR / env.str("DATA_DIR", default="var")
 
 
+def _private_dir(path: Path) -> None:
+    """Create a directory only its owner can read (0700); an existing one is left as it is."""
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def _local_secret(name: str, generate) -> str:
     """Read a secret kept in DATA_DIR, creating it on first use (embedded default only)."""
     path = DATA_DIR / name
     if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        _private_dir(DATA_DIR)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(generate())
@@ -139,6 +145,8 @@ MIDDLEWARE = [
     "provisioning.host.DeviceHostMiddleware",
     # Management requests only (device requests are answered above): no NUL reaches a view.
     "iotconnector.middleware.RefuseNulMiddleware",
+    "iotconnector.middleware.CrossOriginApiWriteMiddleware",
+    "iotconnector.middleware.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -194,7 +202,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     if DATABASES["default"]["NAME"] != ":memory:":
-        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        # The database and (SQLite gives them its mode) its WAL and shared-memory files are
+        # readable by their owner only: 0600 in a 0700 directory, as the secrets are.
+        _database = Path(DATABASES["default"]["NAME"])
+        _private_dir(_database.parent)
+        if not _database.exists():
+            os.close(os.open(_database, os.O_WRONLY | os.O_CREAT, 0o600))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "connector.User"
@@ -247,6 +260,12 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# The pages' only script is static/js/app.js and their only styles static/css/app.css.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self';"
+    " frame-ancestors 'none'"
+)
 
 # Failed device activations/authentications allowed per connector and client address in one
 # window (seconds) before answering 429 with Retry-After.

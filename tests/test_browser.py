@@ -35,6 +35,15 @@ def page(chromium_path, live_server, live_server_db_cleanup, monkeypatch):
         context = browser.new_context(base_url=live_server.url)
         context.set_default_timeout(15000)
         page = context.new_page()
+        # Every page the tests visit runs under the Content-Security-Policy: a blocked
+        # script, style or connection would show here.
+        blocked = []
+        page.on(
+            "console",
+            lambda message: (
+                blocked.append(message.text) if "Content Security Policy" in message.text else None
+            ),
+        )
         try:
             yield page
         finally:
@@ -42,6 +51,7 @@ def page(chromium_path, live_server, live_server_db_cleanup, monkeypatch):
             name = os.environ.get("PYTEST_CURRENT_TEST", "browser").split(":")[-1].split(" ")[0]
             page.screenshot(path=f"test-artifacts/{name}.png", full_page=True)
             browser.close()
+        assert not blocked, blocked
 
 
 def test_sign_up_create_connector_and_keep_identity_format(page):
