@@ -89,6 +89,7 @@ class DeviceRow(NamedTuple):
     failures: int | None  # of the request's address, in the current window
     secret_hash: str
     resources_version: int  # the connector's definitions, as the lookup read them
+    auth_type: str
 
 
 @lru_cache(maxsize=64)
@@ -105,7 +106,7 @@ def lookup_sql(where: str) -> str:
         f"a.last_ip, a.last_seen, "
         f"(SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
         f" AND f.ip = %s AND f.window_start = %s) AS failures, d.secret_hash, "
-        f"c.resources_version "
+        f"c.resources_version, d.auth_type "
         f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
         f"LEFT JOIN {activity} a ON a.device_id = d.id "
         f"WHERE d.connector_id = %s AND {where}"
@@ -169,7 +170,11 @@ def authenticate(request: HttpRequest, connector_id: str) -> DeviceRow | Answer:
 
 def refusal_for(device: DeviceRow, secure: bool) -> rules.Refusal | None:
     return rules.device_refusal(
-        secure=secure, devmode=device.devmode, failures=device.failures, locked=device.locked
+        secure=secure,
+        devmode=device.devmode,
+        failures=device.failures,
+        locked=device.locked,
+        auth_type=device.auth_type,
     )
 
 

@@ -17,7 +17,7 @@ from connector.identity import identity_error
 from connector.models import ClientCA, EventType, now_us
 from devices.models import Device
 from provisioning import auth, connectors, pki, rules, store
-from provisioning.answers import NOT_FOUND, Answer, Pending, refused, text
+from provisioning.answers import NOT_FOUND, Answer, Pending, text
 from provisioning.auth import DeviceRow
 from provisioning.connectors import CachedConnector
 from provisioning.explain import resolve
@@ -28,13 +28,13 @@ from provisioning.refusals import certificate_refused
 def authenticate_certificate(connector_id: str, ip: str, secure: bool, header: str):
     """The device presenting this certificate (provisioned on first contact), or the answer
     refusing it."""
-    entry, failures = connectors.load(connector_id, ip)
+    entry, _failures = connectors.load(connector_id, ip)
     if entry is None:
         return NOT_FOUND
     if not secure:
         return text(403, "client certificates need TLS")
-    if rules.over_failure_limit(failures):
-        return refused(rules.Refusal(429, rules.TOO_MANY))
+    # No failure limit before the check: a certificate cannot be guessed (rules.guessable),
+    # and a refused one from an address over its limit is answered 429.
     now = timezone.now()
     try:
         certs = pki.load_certificates(unquote(header))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from connector import events
 from connector.models import EventType
-from provisioning import ratelimit
-from provisioning.answers import Answer, text
+from provisioning import ratelimit, rules
+from provisioning.answers import Answer, text, too_many
 from provisioning.rules import Refusal
 from provisioning.values import short
 
@@ -50,8 +50,10 @@ def certificate_refused(
     connector_id: str, identity: str, ip: str, reason: str, public: str = CERTIFICATE_NOT_ACCEPTED
 ) -> Answer:
     """A refused client certificate: counted, logged with its reason in plain words, and
-    answered 401 with `public`, which tells nothing of whether the identity exists."""
-    ratelimit.note_failure(connector_id, ip)
+    answered 401 with `public`, which tells nothing of whether the identity exists; 429
+    once the address is over its failure limit."""
+    if rules.over_failure_limit(ratelimit.note_failure(connector_id, ip) - 1):
+        return too_many()
     events.record(
         connector_id,
         EventType.AUTH_FAILED,

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from connector.identity import identity_error
 from connector.models import AuthType, Connector, EventType
-from devices.models import Status
+from devices.models import DeviceAuthType, Status
 
 # Last IP / last seen are rewritten at most this often per device (µs), not on every request.
 ACTIVITY_EVERY_US = 60 * 1_000_000
@@ -66,24 +66,38 @@ def sql_under_failure_limit(failures: str) -> str:
 # --- Device requests --------------------------------------------------------------------------
 
 
+def guessable(auth_type: str) -> bool:
+    """Whether a credential of this kind can be guessed. A token has 238 random bits and a
+    certificate is checked against a CA or the one stored: the failures of other clients at
+    their address never refuse them (throttling those failures only protects CPU). A
+    password can be guessed, so its device shares its address's failure limit."""
+    return auth_type == DeviceAuthType.PASSWORD
+
+
 def device_refusal(
-    *, secure: bool, devmode: bool, failures: int | None, locked: bool
+    *, secure: bool, devmode: bool, failures: int | None, locked: bool, auth_type: str
 ) -> Refusal | None:
     """Why an authenticated device's request is refused, or None. In this order: plain HTTP,
-    the address's failure limit, a locked device."""
+    the address's failure limit (guessable credentials only), a locked device."""
     if not transport_allowed(secure, devmode):
         return Refusal(403, PLAIN_HTTP)
-    if over_failure_limit(failures):
+    if guessable(auth_type) and over_failure_limit(failures):
         return Refusal(429, TOO_MANY)
     if locked:
         return Refusal(403, LOCKED)
     return None
 
 
-def sql_device_allowed(*, locked: str, devmode: str, secure: str, failures: str) -> str:
+def sql_device_allowed(
+    *, locked: str, devmode: str, secure: str, failures: str, auth_type: str
+) -> str:
     """SQL for `device_refusal(...) is None`, where `secure` is `tls_or_insecure(...)`; the
     failure limit is the next parameter."""
-    return f"(NOT {locked} AND ({devmode} OR {secure}) AND {sql_under_failure_limit(failures)})"
+    limited = f"{auth_type} = '{DeviceAuthType.PASSWORD.value}'"
+    return (
+        f"(NOT {locked} AND ({devmode} OR {secure})"
+        f" AND (NOT ({limited}) OR {sql_under_failure_limit(failures)}))"
+    )
 
 
 def activity_due(last_ip: str | None, last_seen: int | None, ip: str, now: int) -> bool:

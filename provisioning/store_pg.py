@@ -95,7 +95,11 @@ def _write_sql() -> str:
     job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
     job += ["device_id::bigint", "summary", "payload"]
     allowed = rules.sql_device_allowed(
-        locked="dev.locked", devmode="dev.devmode", secure="dev.secure", failures="dev.failures"
+        locked="dev.locked",
+        devmode="dev.devmode",
+        secure="dev.secure",
+        failures="dev.failures",
+        auth_type="dev.auth_type",
     )
     due = rules.sql_activity_due(
         last_ip="ok.last_ip", last_seen="ok.last_seen", ip="ok.ip", now="ok.now"
@@ -104,15 +108,16 @@ def _write_sql() -> str:
         f"WITH {_json_rows('job', job)}, "  # noqa: S608
         f"{_json_rows('candidate', ['hash'])}, "
         f"{_json_rows('val', ['alias', 'reported', 'set_value'])}, "
-        "found AS (SELECT job.n, d.id, d.identity, d.locked FROM job"
+        "found AS (SELECT job.n, d.id, d.identity, d.locked, d.auth_type FROM job"
         " JOIN candidate ON candidate.n = job.n"
-        f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked FROM {device} d"
+        f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked, d.auth_type FROM {device} d"
         " WHERE d.connector_id = job.connector_id AND d.auth_type = %s"
         " AND NOT (d.secret_hash = '') AND d.secret_hash = candidate.hash LIMIT 1) d"
-        " UNION ALL SELECT job.n, d.id, d.identity, d.locked FROM job"
-        f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked FROM {device} d"
+        " UNION ALL SELECT job.n, d.id, d.identity, d.locked, d.auth_type FROM job"
+        f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked, d.auth_type FROM {device} d"
         " WHERE d.id = job.device_id AND d.connector_id = job.connector_id LIMIT 1) d), "
         "dev AS (SELECT DISTINCT ON (job.n) job.*, found.id, found.identity, found.locked,"
+        " found.auth_type,"
         " c.devmode, c.resources_version, a.last_ip, a.last_seen, f.count AS failures"
         " FROM job JOIN found ON found.n = job.n"
         f" JOIN {conn} c ON c.id = job.connector_id"

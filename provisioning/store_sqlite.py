@@ -61,10 +61,7 @@ def _device(job: WriteJob) -> auth.DeviceRow | None:
 def _refused(job: WriteJob, device: auth.DeviceRow) -> bool:
     if device.resources_version != job.resources_version:
         return True  # checked against definitions that have changed since
-    refusal = rules.device_refusal(
-        secure=job.secure, devmode=device.devmode, failures=device.failures, locked=device.locked
-    )
-    return refusal is not None
+    return auth.refusal_for(device, job.secure) is not None
 
 
 def claim(jobs: list[ClaimJob]) -> list[JobResult]:

@@ -177,3 +177,18 @@ def test_an_invalid_ca_pem_is_refused_in_plain_words(api, connector, text):
     assert "could not be parsed" in message
     for internal in ("http", "InvalidData", "ASN.1", "(", "error"):
         assert internal not in message, message
+
+
+def test_a_guesser_at_the_address_does_not_stop_a_certificate_or_token_device(
+    cert_connector, settings
+):
+    settings.DEVICE_AUTH_FAILURE_LIMIT = 3
+    device_services.whitelist_device(cert_connector, "fleet-1")
+    honest, _ = make_cert("fleet-1")
+    assert certificate_write(cert_connector, honest).status_code == 204
+    for _ in range(3):  # a guesser behind the same address (the proxy's client address)
+        stranger, _ = make_cert("fleet-1")
+        assert certificate_write(cert_connector, stranger).status_code == 401
+    stranger, _ = make_cert("fleet-1")
+    assert certificate_write(cert_connector, stranger).status_code == 429
+    assert certificate_write(cert_connector, honest).status_code == 204  # still works

@@ -12,7 +12,7 @@ from connector.models import Connector, now_us
 from connector.sql import run as sql_run
 from connector.sql import tables
 from devices.models import Device, DeviceActivity, DeviceAuthType, Status
-from provisioning import connectors, ratelimit, rules, services, store
+from provisioning import auth, connectors, ratelimit, rules, services, store
 from provisioning.models import AuthFailure
 
 NOW = 1_800_000_000_000_000
@@ -81,13 +81,16 @@ DEVICE_CASES = list(
         [False, True],  # DEVICE_API_INSECURE
         [None, 1, 2],  # failures of the address (the limit is 2)
         [False, True],  # locked
+        [DeviceAuthType.TOKEN, DeviceAuthType.PASSWORD],  # a guessable credential or not
     )
 )
 
 
-@pytest.mark.parametrize(("secure", "devmode", "insecure", "failures", "locked"), DEVICE_CASES)
+@pytest.mark.parametrize(
+    ("secure", "devmode", "insecure", "failures", "locked", "auth_type"), DEVICE_CASES
+)
 def test_device_refusal_in_python_in_sql_and_in_the_store(
-    transactional_db, connector, settings, secure, devmode, insecure, failures, locked
+    transactional_db, connector, settings, secure, devmode, insecure, failures, locked, auth_type
 ):
     settings.DEVICE_AUTH_FAILURE_LIMIT = 2
     settings.DEVICE_API_INSECURE = insecure
@@ -98,20 +101,30 @@ def test_device_refusal_in_python_in_sql_and_in_the_store(
         "r-1",
         state=Status.PROVISIONED,
         locked=locked,
-        auth_type=DeviceAuthType.TOKEN,
+        auth_type=auth_type,
         secret_hash=keys.keyed_hash(token),
     )
     ip = "198.51.100.7"
     if failures:
+        window = ratelimit.current_window()
         AuthFailure.objects.create(
-            connector_id=connector.pk,
-            ip=ip,
-            window_start=ratelimit.current_window(),
-            count=failures,
+            connector_id=connector.pk, ip=ip, window_start=window, count=failures
         )
-    refusal = rules.device_refusal(secure=secure, devmode=devmode, failures=failures, locked=locked)
+    refusal = rules.device_refusal(
+        secure=secure, devmode=devmode, failures=failures, locked=locked, auth_type=auth_type
+    )
+    # Failures refuse only a guessable credential, and only at the limit.
+    assert (refusal is not None and refusal.status == 429) is (
+        auth_type == DeviceAuthType.PASSWORD
+        and failures == 2
+        and rules.transport_allowed(secure, devmode)
+    )
     allowed = rules.sql_device_allowed(
-        locked="d.locked", devmode="c.devmode", secure="%s", failures="f.count"
+        locked="d.locked",
+        devmode="c.devmode",
+        secure="%s",
+        failures="f.count",
+        auth_type="d.auth_type",
     )
     device_table, conn, failure = tables(Device, Connector, AuthFailure)
     sql = (
@@ -122,9 +135,14 @@ def test_device_refusal_in_python_in_sql_and_in_the_store(
     # In the statement's order: secure, the limit, then the join's and the device.
     params = [rules.tls_or_insecure(secure), 2, ip, ratelimit.current_window(), device.pk]
     assert bool(sql_run(sql, params)[0][0]) is (refusal is None)
-    # The store: a write stored exactly when nothing refuses it.
+    # The store: a write stored exactly when nothing refuses it, found by its token or (as
+    # a password device is, once authenticated) by its id.
     entry, _failures = connectors.load(connector.pk, ip)
-    pending = services.token_write(entry, token, [("temp", "1")], ip, secure=secure)
+    if auth_type == DeviceAuthType.TOKEN:
+        pending = services.token_write(entry, token, [("temp", "1")], ip, secure=secure)
+    else:
+        row = auth.by_id(connector.pk, ip, device.pk)
+        pending = services.device_write(row, [("temp", "1")], ip, secure=secure)
     assert (store.execute([pending.job]) == [store.STORED]) is (refusal is None)
 
 

@@ -21,7 +21,7 @@ from connector.services import create_connector
 from devices import services as device_services
 from devices.models import AliasValue, Device, DeviceActivity
 from iotconnector.front import Batcher, build_environ
-from provisioning import api, connectors, ratelimit, services, store
+from provisioning import api, auth, connectors, ratelimit, services, store
 from provisioning.host import DEVICE_API, route
 from provisioning.jobs import ClaimJob, ValueRow, WriteJob
 from provisioning.store import STORED, UNSTORED
@@ -204,14 +204,21 @@ def test_a_write_the_statement_refuses_stores_nothing_and_the_others_are_stored(
     ]
 
 
-def test_a_write_from_an_address_over_the_failure_limit_is_not_stored(line, settings):
+def test_an_address_over_the_failure_limit_stops_passwords_not_tokens(line, settings):
     connector, tokens = line
     settings.DEVICE_AUTH_FAILURE_LIMIT = 2
     for _ in range(2):
         ratelimit.note_failure(connector.pk, "198.51.100.9")
-    blocked = job_for(connector, tokens["dev-0"], [("temp", "1")], ip="198.51.100.9")
+    Device.objects.filter(identity="dev-2").update(auth_type="password")
+    password_device = auth.by_id(
+        connector.pk, "198.51.100.9", Device.objects.get(identity="dev-2").pk
+    )
+    guessable = services.device_write(
+        password_device, [("temp", "3")], "198.51.100.9", secure=True
+    ).job
+    token = job_for(connector, tokens["dev-0"], [("temp", "1")], ip="198.51.100.9")
     other = job_for(connector, tokens["dev-1"], [("temp", "2")], ip="198.51.100.10")
-    assert store.execute([blocked, other]) == [UNSTORED, STORED]
+    assert store.execute([guessable, token, other]) == [UNSTORED, STORED, STORED]
 
 
 def test_a_failing_batch_stores_nothing_and_leaves_the_connection_usable(line):
