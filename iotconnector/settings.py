@@ -117,9 +117,11 @@ ALLOWED_HOSTS.append("." + DEVICE_API_DOMAIN)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 try:
+    # No proxy is trusted unless configured: otherwise any process on the machine could send
+    # a forged X-SSL-Client-Cert or X-Forwarded-Proto straight to the app and be believed.
+    # `scripts/serve --tls` configures loopback for the nginx it starts.
     TRUSTED_PROXIES = [
-        ipaddress.ip_network(p, strict=False)
-        for p in env.list("TRUSTED_PROXIES", default=["127.0.0.1/32", "::1/128"])
+        ipaddress.ip_network(p, strict=False) for p in env.list("TRUSTED_PROXIES", default=[])
     ]
 except ValueError as exc:
     raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from exc

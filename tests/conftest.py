@@ -1,5 +1,6 @@
 import base64
 import contextlib
+import ipaddress
 import os
 import shutil
 import socket
@@ -37,8 +38,17 @@ def require(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
+# The tests play the TLS terminator from loopback, as a deployment that configured its nginx
+# does (the shipped default trusts no proxy); server subprocesses inherit this.
+os.environ.setdefault("TRUSTED_PROXIES", "127.0.0.1/32,::1/128")
+
+
 @pytest.fixture(autouse=True)
 def _fast_test_settings(settings):
+    settings.TRUSTED_PROXIES = [
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    ]
     # Password hashing is deliberately slow in production; tests check logic, not cost.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Production uses hashed names from `collectstatic`; tests render without running it.

@@ -68,3 +68,28 @@ def test_garbage_forwarded_for_falls_back_to_the_proxy(value):
 
 def test_ipv6_client_through_proxy():
     assert seen("::1", HTTP_X_FORWARDED_FOR="2001:db8::5")["REMOTE_ADDR"] == "2001:db8::5"
+
+
+def test_the_shipped_default_trusts_no_proxy_not_even_loopback(settings):
+    """Unless TRUSTED_PROXIES is set, a local process cannot forge a client certificate or
+    HTTPS by talking to the app directly."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRUSTED_PROXIES"}
+    shipped = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.TRUSTED_PROXIES)"],
+        env={**env, "DJANGO_SETTINGS_MODULE": "iotconnector.settings"},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shipped.stdout.strip() == "[]"
+    settings.TRUSTED_PROXIES = []
+    meta = seen("127.0.0.1", **FORGED)
+    assert meta["secure"] is False
+    for header in FORGED:
+        assert header not in meta
