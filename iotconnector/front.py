@@ -46,6 +46,7 @@ class Front:
         self.initializer = initializer
         self.pool = Pool(threads, initializer)
         self.max_body = settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
+        self.body_timeout = settings.REQUEST_BODY_TIMEOUT
         self.batchers: dict[str, Batcher] = {}
 
     async def __call__(self, scope: dict, receive, send) -> None:
@@ -95,9 +96,13 @@ class Front:
         dropped on return: a parked poll keeps only what it needs, which keeps the garbage
         collector's work small."""
         limit = self.body_limit(scope)
-        body = await read_body(scope, receive, limit)
+        body = await read_body(scope, receive, limit, self.body_timeout)
         if body is None:
             return None  # gone before the request was complete
+        if body == 408:
+            slow = f"the body was not sent in time ({self.body_timeout:g} s without any of it)"
+            await send_plain(send, 408, slow.encode(), [(b"connection", b"close")])
+            return None
         if isinstance(body, int):
             size = f"{limit // 1024 // 1024} MiB" if limit >= 1024 * 1024 else f"{limit} bytes"
             await send_plain(send, body, f"the body is larger than {size}".encode())
@@ -299,15 +304,21 @@ def _settle(future: asyncio.Future, result, error) -> None:
         future.set_result(result)
 
 
-async def read_body(scope: dict, receive, max_body: int) -> Any:
-    """The request body as a file; None when the client left, 413 when too large."""
+async def read_body(scope: dict, receive, max_body: int, idle: float | None = None) -> Any:
+    """The request body as a file; None when the client left, 413 when too large, 408 when
+    more than `idle` seconds pass without a part of it (a slow client holds no more)."""
     declared = dict(scope["headers"]).get(b"content-length", b"0")
     if declared.isdigit() and int(declared) > max_body:
         return 413
     body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
     size = 0
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(idle):
+                message = await receive()
+        except TimeoutError:
+            body.close()
+            return 408
         if message["type"] == "http.disconnect":
             body.close()
             return None

@@ -278,6 +278,8 @@ DEVICE_AUTH_FAILURE_WINDOW = env.int("DEVICE_AUTH_FAILURE_WINDOW", default=60)
 # (beyond: 429 + Retry-After): each holds an open connection, so a runaway client (or a
 # stolen token) cannot take them all.
 LONG_POLL_MAX_WAITING = env.int("LONG_POLL_MAX_WAITING", default=20_000)
+# Seconds a request body may go without any part of it arriving before it is answered 408.
+REQUEST_BODY_TIMEOUT = env.float("REQUEST_BODY_TIMEOUT", default=30.0)
 LONG_POLL_MAX_PER_DEVICE = env.int("LONG_POLL_MAX_PER_DEVICE", default=8)
 
 # Event log retention, applied by `manage.py prune_events` (0 turns a limit off).

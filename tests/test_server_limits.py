@@ -111,3 +111,19 @@ def test_a_worker_stops_when_its_master_is_killed(tmp_path):
 @pytest.fixture(autouse=True)
 def _import_rows(settings):
     settings.IMPORT_MAX_ROWS = 1000  # the large upload above is read, then refused for its rows
+
+
+def test_a_body_that_stops_arriving_is_answered_408(live_server, transactional_db):
+    saved = live_server.app.body_timeout
+    live_server.app.body_timeout = 0.5
+    try:
+        with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api:1/token/ HTTP/1.1\r\nHost: localhost\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"email":'
+            )
+            answer = sock.recv(4096)  # without the server's own timeout: none in 10 s
+    finally:
+        live_server.app.body_timeout = saved
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"not sent in time" in answer
