@@ -338,7 +338,7 @@ def test_writes_the_batch_does_not_store_are_explained_and_logged_once(
     assert not AliasValue.objects.exists()
     assert not Event.objects.filter(type=EventType.DATA_IN).exists()
     failed = Event.objects.filter(type=EventType.AUTH_FAILED)
-    assert failed.count() == 1  # logged once, by the ordinary path
+    assert failed.count() == 1  # logged once, by the explanation
 
 
 def test_a_failed_batch_is_explained_and_its_job_stored_on_its_own(live_server, devmode_connector):
@@ -449,7 +449,7 @@ def test_the_loop_takes_an_activation_with_the_address_seen_through_trusted_prox
     assert response.status == 200 and len(response.content) == 40
     assert isinstance(job, ClaimJob) and job.identity == "e-1"
     assert job.ip == "203.0.113.5"  # the loopback proxy is trusted
-    assert environ == before  # the ordinary path, if needed, starts from the request as sent
+    assert environ == before  # a thread, if needed, starts from the request as sent
     assert keys.hashes_match(job.secret_hash, response.content.decode())
     # From an untrusted peer, the forwarded address is not believed.
     _response, job = answer_in_loop(
@@ -482,7 +482,7 @@ def test_the_loop_takes_a_token_write(cached_line, django_assert_num_queries):
         {"path": "/timestamp"},
         {"host": "localhost"},  # the management host
         {"host": "unknown-host.example"},  # not in ALLOWED_HOSTS: Django answers 400
-        {"host": "nosuchconnector00.localhost"},  # not known here: the ordinary path's 404
+        {"host": "nosuchconnector00.localhost"},  # not known here: a thread answers 404
         {"query": b"temp"},  # a hybrid write-read
         {"body": b""},
         {"body": b"temp=%zz"},
@@ -492,7 +492,7 @@ def test_the_loop_takes_a_token_write(cached_line, django_assert_num_queries):
         {"x_exosite_cik": None, "authorization": "Basic ZGV2LTA6c2VjcmV0"},  # identity:password
     ],
 )
-def test_the_loop_leaves_every_other_write_to_the_ordinary_path(cached_line, change):
+def test_the_loop_leaves_every_other_write_to_a_thread(cached_line, change):
     connector, tokens = cached_line
     fields = {"method": "POST", "path": "/onep:v1/stack/alias", "body": b"temp=20"}
     fields |= {"x_exosite_cik": tokens["dev-0"], **change}
@@ -500,7 +500,7 @@ def test_the_loop_leaves_every_other_write_to_the_ordinary_path(cached_line, cha
     assert answer_in_loop(environ) is None
 
 
-def test_the_loop_leaves_activations_it_cannot_decide_to_the_ordinary_path(line):
+def test_the_loop_leaves_activations_it_cannot_decide_to_a_thread(line):
     connector, _tokens = line
     device_services.whitelist_device(connector, "e-1")
     connectors.forget(connector.pk)
@@ -510,7 +510,7 @@ def test_the_loop_leaves_activations_it_cannot_decide_to_the_ordinary_path(line)
     secure = loop_environ(connector, x_forwarded_proto="https")
     assert answer_in_loop(secure) is not None  # from the trusted proxy, over TLS
     assert answer_in_loop(loop_environ(connector, x_forwarded_proto="https", body=b"")) is None
-    # An identity the format refuses: the ordinary path refuses it and logs why.
+    # An identity the format refuses: the handler on a thread refuses it and logs why.
     assert (
         answer_in_loop(loop_environ(connector, x_forwarded_proto="https", body=b"id=a b")) is None
     )
