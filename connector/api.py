@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import logs, safeinput, services
+from connector import logs, safeinput, services, signin
 from connector.forms import ConnectorNameForm
 from connector.models import ApiToken, Connector
 from connector.settings_json import form_errors_to_json, form_from_patch, settings_to_json
@@ -68,6 +68,10 @@ class TokenView(APIView):
         user = None
         if isinstance(email, str) and isinstance(password, str):
             user = authenticate(request._request, username=email, password=password)
+        if user is None and (retry := signin.retry_after_of(request._request)) is not None:
+            return Response(
+                {"detail": signin.message(retry)}, status=429, headers={"Retry-After": str(retry)}
+            )
         if user is None:
             return Response(
                 {"detail": "Invalid email or password."},

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from connector import keys
+from connector import keys, signin
 from connector.models import ApiToken
-from provisioning import ratelimit
-
-# Password sign-ins (page, HTTP Basic, token requests) share one failure counter per address.
-ACCOUNTS_KEY = "@accounts"
 
 
 class EmailBackend(ModelBackend):
-    """ModelBackend with the email (any case) as the login, slowed down against guessing:
-    after ACCOUNT_AUTH_FAILURE_LIMIT failures from one address in a minute, every attempt
-    from it fails, the right password included, until the minute is over."""
+    """ModelBackend with the email (any case) as the login, slowed down against guessing
+    (`connector.signin`): a throttled attempt is refused without checking the password and
+    marked on the request, so the page and the API answer 429 with Retry-After."""
 
     def authenticate(self, request, username=None, password=None, **kwargs):
         username = username or kwargs.get("email")
@@ -26,13 +21,30 @@ class EmailBackend(ModelBackend):
             return None
         if "\x00" in username or "\x00" in password:
             return None  # no account has one, and PostgreSQL cannot compare text with it
+        email = username.strip().lower()
         ip = getattr(request, "META", {}).get("REMOTE_ADDR") if request is not None else None
-        if ip and ratelimit.failures(ACCOUNTS_KEY, ip) >= settings.ACCOUNT_AUTH_FAILURE_LIMIT:
+        if ip and (retry := signin.refused_for(email, ip)) is not None:
+            signin.mark(request, retry)
             return None
-        user = super().authenticate(request, username=username.strip().lower(), password=password)
-        if user is None and ip:
-            ratelimit.note_failure(ACCOUNTS_KEY, ip)
+        user = super().authenticate(request, username=email, password=password)
+        if ip:
+            if user is None:
+                signin.failed(email, ip)
+            else:
+                signin.succeeded(user, ip)
         return user
+
+
+class BasicAuthentication(authentication.BasicAuthentication):
+    """HTTP Basic for the management API; a throttled sign-in is a 429 with Retry-After."""
+
+    def authenticate_credentials(self, userid, password, request=None):
+        try:
+            return super().authenticate_credentials(userid, password, request)
+        except exceptions.AuthenticationFailed:
+            if request is not None and (retry := signin.retry_after_of(request)) is not None:
+                raise exceptions.Throttled(wait=retry, detail=signin.message(retry)) from None
+            raise
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):

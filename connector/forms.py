@@ -13,6 +13,7 @@ from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 from django.utils import timezone
 
+from connector import signin
 from connector.identity import Casing, IdentityFormat, IdentityType, format_error
 from connector.models import AuthType, Connector, User, Vendor
 from devices.resources import check_definitions
@@ -32,6 +33,14 @@ class SignInForm(AuthenticationForm):
         label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
     )
 
+    def clean(self):
+        try:
+            return super().clean()
+        except forms.ValidationError:
+            if (retry := signin.retry_after_of(self.request)) is not None:
+                raise forms.ValidationError(signin.message(retry), code="throttled") from None
+            raise
+
 
 class SignUpForm(forms.Form):
     email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "email"}))
@@ -48,10 +57,8 @@ class SignUpForm(forms.Form):
     )
 
     def clean_email(self) -> str:
-        email = User.objects.normalize_email(self.cleaned_data["email"])
-        if User.objects.filter(email=email).exists():
-            raise forms.ValidationError("An account with this email already exists. Sign in.")
-        return email
+        # Whether the address already has an account is not said here (nor anywhere).
+        return User.objects.normalize_email(self.cleaned_data["email"]).lower()
 
     def clean(self):
         data = super().clean()

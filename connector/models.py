@@ -64,6 +64,23 @@ def new_connector_id() -> str:
     return "".join(secrets.choice(CONNECTOR_ID_ALPHABET) for _ in range(CONNECTOR_ID_LENGTH))
 
 
+class SignInAddress(models.Model):
+    """An address an account signed in from, and when last: the failures of others against
+    the account (from elsewhere) never lock its owner out of the places they sign in from."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="sign_in_addresses")
+    ip = models.GenericIPAddressField()
+    last_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "ip"], name="unique_sign_in_address")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} from {self.ip}"
+
+
 class AuthType(models.TextChoices):
     TOKEN = "token", "Token"
     PASSWORD = "password", "Password"

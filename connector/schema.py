@@ -14,3 +14,11 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
             "name": "Authorization",
             "description": "`token <token>` from POST /api:1/token/",
         }
+
+
+class BasicScheme(OpenApiAuthenticationExtension):
+    target_class = "connector.auth.BasicAuthentication"
+    name = "basicAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "basic", "description": "your email and password"}

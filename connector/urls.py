@@ -2,18 +2,11 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from connector import views
-from connector.forms import SignInForm
 
 urlpatterns = [
     path("", views.connector_list, name="connector-list"),
     path("signup/", views.signup, name="signup"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(
-            authentication_form=SignInForm, redirect_authenticated_user=True
-        ),
-        name="login",
-    ),
+    path("login/", views.SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("c/<str:connector_id>/", views.connector_settings, name="connector-settings"),
     path("c/<str:connector_id>/rename/", views.connector_rename, name="connector-rename"),

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from connector import logs, safeinput, services
-from connector.forms import ConnectorNameForm, SettingsForm, SignUpForm
-from connector.models import Connector, EventType, User
+from connector import logs, safeinput, services, signin
+from connector.forms import ConnectorNameForm, SettingsForm, SignInForm, SignUpForm
+from connector.models import Connector, EventType
 from devices.forms import ResourceForm
 
 
@@ -20,14 +23,42 @@ def user_connector(request: HttpRequest, connector_id: str) -> Connector:
     return get_object_or_404(Connector.objects.for_user(request.user), pk=connector_id)
 
 
+class SignInView(auth_views.LoginView):
+    """Django's sign-in page; a throttled attempt is answered 429 with Retry-After and says
+    so on the form. `?email=` fills the email in (after signing up)."""
+
+    authentication_form = SignInForm
+    redirect_authenticated_user = True
+
+    def get_initial(self):
+        return {"username": self.request.GET.get("email", "")[:254]}
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if (retry := signin.retry_after_of(self.request)) is not None:
+            response.status_code = 429
+            response["Retry-After"] = str(retry)
+        return response
+
+
 def signup(request: HttpRequest) -> HttpResponse:
+    """Create an account. The answer is the same whether or not the address had one (a new
+    account is created only if not), so the page cannot be used to find who has an
+    account: either way, the next step is signing in with the password just chosen."""
     if request.user.is_authenticated:
         return redirect("connector-list")
     form = SignUpForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = User.objects.create_user(form.cleaned_data["email"], form.cleaned_data["password1"])
-        login(request, user, backend="connector.auth.EmailBackend")
-        return redirect("connector-list")
+    if request.method == "POST":
+        if (retry := signin.signup_refused(request.META.get("REMOTE_ADDR", ""))) is not None:
+            context = {"form": SignUpForm(), "throttled": signin.signup_message(retry)}
+            response = render(request, "registration/signup.html", context, status=429)
+            response["Retry-After"] = str(retry)
+            return response
+        if form.is_valid():
+            email = form.cleaned_data["email"]
+            services.sign_up(email, form.cleaned_data["password1"])
+            messages.success(request, "Your account is ready: sign in with the password you chose.")
+            return redirect(f"{reverse('login')}?{urlencode({'email': email})}")
     return render(request, "registration/signup.html", {"form": form})
 
 

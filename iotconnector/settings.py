@@ -270,9 +270,16 @@ CONTENT_SECURITY_POLICY = (
 )
 
 # Failed device activations/authentications allowed per connector and client address in one
-# window (seconds) before answering 429 with Retry-After.
+# window (seconds) before answering 429 with Retry-After. They refuse what can be guessed from
+# that address: unknown tokens, activations, certificates; never a valid token, certificate or
+# the right password of a device whose own identity is under its limits below.
 DEVICE_AUTH_FAILURE_LIMIT = env.int("DEVICE_AUTH_FAILURE_LIMIT", default=30)
 DEVICE_AUTH_FAILURE_WINDOW = env.int("DEVICE_AUTH_FAILURE_WINDOW", default=60)
+# Per identity, per window: failed passwords or refused activations from one address (beyond:
+# 429 for that identity only, no longer counted against the address), and failed passwords
+# from all addresses together (beyond: 429 except from the address the device was last seen at).
+DEVICE_IDENTITY_FAILURE_LIMIT = env.int("DEVICE_IDENTITY_FAILURE_LIMIT", default=5)
+DEVICE_IDENTITY_FAILURE_LIMIT_ALL = env.int("DEVICE_IDENTITY_FAILURE_LIMIT_ALL", default=20)
 
 # Long polls waiting at once, per server process (beyond: 503 + Retry-After) and per device
 # (beyond: 429 + Retry-After): each holds an open connection, so a runaway client (or a
@@ -293,15 +300,25 @@ DIGICERT_API_URL = env.str("DIGICERT_API_URL", default="https://one.digicert.com
 IMPORT_MAX_BYTES = env.int("IMPORT_MAX_BYTES", default=128 * 1024 * 1024)
 IMPORT_MAX_ROWS = env.int("IMPORT_MAX_ROWS", default=200_000)
 
-# Failed password sign-ins (page, HTTP Basic, token requests) per address per minute before
-# every attempt from that address fails until the minute is over.
-ACCOUNT_AUTH_FAILURE_LIMIT = env.int("ACCOUNT_AUTH_FAILURE_LIMIT", default=10)
+# Password sign-ins (page, HTTP Basic, token requests), per window of SIGNIN_FAILURE_WINDOW
+# seconds: failures for one account from one address (beyond: 429 for that account there);
+# for one account from all addresses (beyond: 429 except where the account signed in before);
+# from one address for all accounts (beyond: one try per account per window from it). The
+# right password from an address where only other accounts failed is never refused.
+SIGNIN_FAILURE_WINDOW = env.int("SIGNIN_FAILURE_WINDOW", default=900)
+SIGNIN_FAILURE_LIMIT = env.int("SIGNIN_FAILURE_LIMIT", default=5)
+SIGNIN_ACCOUNT_FAILURE_LIMIT = env.int("SIGNIN_ACCOUNT_FAILURE_LIMIT", default=20)
+SIGNIN_ADDRESS_FAILURE_LIMIT = env.int("SIGNIN_ADDRESS_FAILURE_LIMIT", default=50)
+# Addresses an account signed in from are remembered this long (exempt from the account limit).
+SIGNIN_KNOWN_ADDRESS_DAYS = env.int("SIGNIN_KNOWN_ADDRESS_DAYS", default=30)
+# Sign-up attempts per address per hour.
+SIGNUP_LIMIT_PER_HOUR = env.int("SIGNUP_LIMIT_PER_HOUR", default=10)
 
 API_TOKEN_LIFETIME_DAYS = env.int("API_TOKEN_LIFETIME_DAYS", default=30)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.BasicAuthentication",
+        "connector.auth.BasicAuthentication",
         "connector.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

@@ -2,7 +2,7 @@
 device request and finds the device they name. (Certificates: `provisioning.certauth`.)
 
 `authenticate(request, connector_id)` returns the device (with its connector's developer mode,
-its activity and its address's failure count, read by the same query) or the answer to send
+and its activity, read by the same query) or the answer to send
 instead. On success it costs one query.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+from django.conf import settings
 from django.http import HttpRequest
 
 from connector import events, keys
@@ -23,8 +24,7 @@ from connector.sql import run as sql_run
 from connector.sql import tables
 from devices.models import Device, DeviceActivity, DeviceAuthType
 from provisioning import connectors, ratelimit, rules
-from provisioning.answers import NOT_FOUND, Answer, refused, text
-from provisioning.models import AuthFailure
+from provisioning.answers import NOT_FOUND, Answer, refused, text, too_many
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9]{40}")
 
@@ -86,7 +86,6 @@ class DeviceRow(NamedTuple):
     devmode: bool  # the connector's
     last_ip: str | None
     last_seen: int | None
-    failures: int | None  # of the request's address, in the current window
     secret_hash: str
     resources_version: int  # the connector's definitions, as the lookup read them
     auth_type: str
@@ -94,18 +93,16 @@ class DeviceRow(NamedTuple):
 
 @lru_cache(maxsize=64)
 def lookup_sql(where: str) -> str:
-    """Device + connector + activity + failures in the current window, in one statement;
-    `where` picks the device. The parameters: address, window, connector, then `where`'s.
+    """Device + connector + activity in one statement; `where` picks the device. The
+    parameters: connector, then `where`'s.
 
     Written out rather than built by the ORM: compiling the equivalent queryset cost more
     than the rest of a device write put together.
     """
-    device, conn, activity, failure = tables(Device, Connector, DeviceActivity, AuthFailure)
+    device, conn, activity = tables(Device, Connector, DeviceActivity)
     return (
         f"SELECT d.id, d.identity, d.connector_id, d.state, d.locked, c.devmode, "  # noqa: S608
-        f"a.last_ip, a.last_seen, "
-        f"(SELECT f.count FROM {failure} f WHERE f.connector_id = d.connector_id"
-        f" AND f.ip = %s AND f.window_start = %s) AS failures, d.secret_hash, "
+        f"a.last_ip, a.last_seen, d.secret_hash, "
         f"c.resources_version, d.auth_type "
         f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
         f"LEFT JOIN {activity} a ON a.device_id = d.id "
@@ -120,7 +117,7 @@ def token_where(count: int) -> str:
 
 
 def find(connector_id: str, ip: str, where: str, params: list) -> list[DeviceRow]:
-    rows = sql_run(lookup_sql(where), [ip, ratelimit.current_window(), connector_id, *params])
+    rows = sql_run(lookup_sql(where), [connector_id, *params])
     return [DeviceRow(*row) for row in rows]
 
 
@@ -134,23 +131,42 @@ def by_id(connector_id: str, ip: str, device_id: int) -> DeviceRow | None:
     return found[0] if found else None
 
 
-def _lookup(connector_id: str, ip: str, creds: Credentials) -> DeviceRow | None:
+def _lookup(
+    connector_id: str, ip: str, creds: Credentials, secure: bool
+) -> DeviceRow | Answer | None:
     if creds.token is not None:
         if not TOKEN_RE.fullmatch(creds.token):
             return None  # wrong length or alphabet: no query can match
         return by_token_hashes(connector_id, ip, keys.candidate_hashes(creds.token))
     if creds.basic is not None:
-        # An identity may itself contain ":" (MAC addresses): try every split whose left part
-        # is a possible identity, then check the password of the one that exists.
-        splits = {}
-        for index, char in enumerate(creds.basic):
-            if char == ":":
-                splits[creds.basic[:index]] = creds.basic[index + 1 :]
-        names = list(splits)[:16]
-        where = f"d.auth_type = %s AND d.identity IN ({', '.join(['%s'] * len(names))})"
-        for device in find(connector_id, ip, where, [DeviceAuthType.PASSWORD, *names]):
-            if keys.hashes_match(device.secret_hash, splits[device.identity]):
-                return device
+        return _by_password(connector_id, ip, creds.basic, secure)
+    return None
+
+
+def _by_password(connector_id: str, ip: str, basic: str, secure: bool) -> DeviceRow | Answer | None:
+    """The device whose identity and password these are. A password is judged by its own
+    identity's failures before it is checked (`rules.password_refused`), never by those of
+    other devices behind the same address."""
+    # An identity may itself contain ":" (MAC addresses): try every split whose left part
+    # is a possible identity, then check the password of the one that exists.
+    splits = {}
+    for index, char in enumerate(basic):
+        if char == ":":
+            splits[basic[:index]] = basic[index + 1 :]
+    names = list(splits)[:16]
+    where = f"d.auth_type = %s AND d.identity IN ({', '.join(['%s'] * len(names))})"
+    window = settings.DEVICE_AUTH_FAILURE_WINDOW
+    for device in find(connector_id, ip, where, [DeviceAuthType.PASSWORD, *names]):
+        counts = ratelimit.guesses(connector_id, device.identity, ip, window)
+        if rules.password_refused(counts, known=device.last_ip == ip):
+            return too_many()
+        if keys.hashes_match(device.secret_hash, splits[device.identity]):
+            return device
+        if rules.transport_allowed(secure, device.devmode) and rules.retries_own_identity(
+            ratelimit.note_guess(connector_id, device.identity, ip, window)
+        ):
+            return too_many()
+        return refuse_unknown(connector_id, ip, secure, "unknown credentials", device.identity)
     return None
 
 
@@ -158,9 +174,9 @@ def authenticate(request: HttpRequest, connector_id: str) -> DeviceRow | Answer:
     """The device a token or password request comes from, or the answer refusing it."""
     ip = client_ip(request)
     creds = read_credentials(request)
-    device = None
-    if creds.token is not None or creds.basic is not None:
-        device = _lookup(connector_id, ip, creds)
+    device = _lookup(connector_id, ip, creds, request.is_secure())
+    if isinstance(device, Answer):
+        return device
     if device is None:
         return refuse_unknown(connector_id, ip, request.is_secure(), creds.reason)
     if refusal := refusal_for(device, request.is_secure()):
@@ -169,18 +185,15 @@ def authenticate(request: HttpRequest, connector_id: str) -> DeviceRow | Answer:
 
 
 def refusal_for(device: DeviceRow, secure: bool) -> rules.Refusal | None:
-    return rules.device_refusal(
-        secure=secure,
-        devmode=device.devmode,
-        failures=device.failures,
-        locked=device.locked,
-        auth_type=device.auth_type,
-    )
+    return rules.device_refusal(secure=secure, devmode=device.devmode, locked=device.locked)
 
 
-def refuse_unknown(connector_id: str, ip: str, secure: bool, reason: str) -> Answer:
-    """No device matched: 404 for an unknown host, else count the failure, log it and
-    answer 401 with a reason that tells nothing of any identity."""
+def refuse_unknown(
+    connector_id: str, ip: str, secure: bool, reason: str, identity: str = ""
+) -> Answer:
+    """No device matched (or, for `identity`, its password did not): 404 for an unknown
+    host, else count the address's failure, log it and answer 401 with a reason that tells
+    nothing of any identity."""
     found, _failures = connectors.load(connector_id, ip)
     if found is None:
         return NOT_FOUND
@@ -192,7 +205,8 @@ def refuse_unknown(connector_id: str, ip: str, secure: bool, reason: str) -> Ans
     events.record(
         connector_id,
         EventType.AUTH_FAILED,
-        f"Authentication failed: {reason}",
+        f"Authentication failed: {'wrong password' if identity else reason}",
+        identity=identity[:128],
         source_ip=ip,
         payload={"reason": reason},
     )

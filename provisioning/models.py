@@ -24,3 +24,26 @@ class AuthFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ip} → {self.connector_id}: {self.count}"
+
+
+class GuessFailure(models.Model):
+    """Failed guesses at one subject (a device identity, an account) from one address, per
+    window. The subject is stored as a digest (`ratelimit.subject_of`)."""
+
+    connector_id = models.CharField(max_length=20)
+    subject = models.CharField(max_length=40)
+    ip = models.GenericIPAddressField()
+    window_start = models.BigIntegerField()  # unix seconds
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connector_id", "subject", "window_start", "ip"],
+                name="unique_guess_window",
+            )
+        ]
+        indexes = [models.Index(fields=["window_start"], name="guess_window")]
+
+    def __str__(self) -> str:
+        return f"{self.ip} → {self.connector_id}/{self.subject}: {self.count}"

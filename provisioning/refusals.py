@@ -3,6 +3,8 @@ Every entry answers its refusals through these, so the Logs tab explains each th
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from connector import events
 from connector.models import EventType
 from provisioning import ratelimit, rules
@@ -12,8 +14,14 @@ from provisioning.values import short
 
 
 def activation_refused(connector_id: str, identity: str, ip: str, refusal: Refusal) -> Answer:
-    """A refused activation: logged with its reason; guessing-type failures are counted."""
+    """A refused activation: logged with its reason. A guessing-type failure is counted
+    against the identity and, until that one identity is over its own limit
+    (`rules.retries_own_identity`: one device retrying, answered 429 without a new log
+    line), against the address too."""
     if refusal.counted:
+        window = settings.DEVICE_AUTH_FAILURE_WINDOW
+        if rules.retries_own_identity(ratelimit.note_guess(connector_id, identity, ip, window)):
+            return too_many()
         ratelimit.note_failure(connector_id, ip)
     events.record(
         connector_id,

@@ -16,7 +16,8 @@ from django.conf import settings
 
 from connector.identity import identity_error
 from connector.models import AuthType, Connector, EventType
-from devices.models import DeviceAuthType, Status
+from devices.models import Status
+from provisioning import ratelimit
 
 # Last IP / last seen are rewritten at most this often per device (µs), not on every request.
 ACTIVITY_EVERY_US = 60 * 1_000_000
@@ -66,38 +67,41 @@ def sql_under_failure_limit(failures: str) -> str:
 # --- Device requests --------------------------------------------------------------------------
 
 
-def guessable(auth_type: str) -> bool:
-    """Whether a credential of this kind can be guessed. A token has 238 random bits and a
-    certificate is checked against a CA or the one stored: the failures of other clients at
-    their address never refuse them (throttling those failures only protects CPU). A
-    password can be guessed, so its device shares its address's failure limit."""
-    return auth_type == DeviceAuthType.PASSWORD
-
-
-def device_refusal(
-    *, secure: bool, devmode: bool, failures: int | None, locked: bool, auth_type: str
-) -> Refusal | None:
-    """Why an authenticated device's request is refused, or None. In this order: plain HTTP,
-    the address's failure limit (guessable credentials only), a locked device."""
+def device_refusal(*, secure: bool, devmode: bool, locked: bool) -> Refusal | None:
+    """Why an authenticated device's request is refused, or None: plain HTTP, then a locked
+    device. The failures of other clients at its address never refuse it: a token (238
+    random bits) or a certificate cannot be guessed, and a password is judged by its own
+    identity's failures before it is checked (`password_refused`)."""
     if not transport_allowed(secure, devmode):
         return Refusal(403, PLAIN_HTTP)
-    if guessable(auth_type) and over_failure_limit(failures):
-        return Refusal(429, TOO_MANY)
     if locked:
         return Refusal(403, LOCKED)
     return None
 
 
-def sql_device_allowed(
-    *, locked: str, devmode: str, secure: str, failures: str, auth_type: str
-) -> str:
-    """SQL for `device_refusal(...) is None`, where `secure` is `tls_or_insecure(...)`; the
-    failure limit is the next parameter."""
-    limited = f"{auth_type} = '{DeviceAuthType.PASSWORD.value}'"
-    return (
-        f"(NOT {locked} AND ({devmode} OR {secure})"
-        f" AND (NOT ({limited}) OR {sql_under_failure_limit(failures)}))"
+def sql_device_allowed(*, locked: str, devmode: str, secure: str) -> str:
+    """SQL for `device_refusal(...) is None`, where `secure` is `tls_or_insecure(...)`."""
+    return f"(NOT {locked} AND ({devmode} OR {secure}))"
+
+
+def password_refused(counts: ratelimit.Guesses, *, known: bool) -> bool:
+    """Whether a device password is refused unchecked: its identity had
+    DEVICE_IDENTITY_FAILURE_LIMIT failures from this address in the window, or
+    DEVICE_IDENTITY_FAILURE_LIMIT_ALL from everywhere and this is not the address the device
+    was last seen at (`known`)."""
+    return ratelimit.guess_refused(
+        counts,
+        known=known,
+        here_limit=settings.DEVICE_IDENTITY_FAILURE_LIMIT,
+        everywhere_limit=settings.DEVICE_IDENTITY_FAILURE_LIMIT_ALL,
     )
+
+
+def retries_own_identity(failures_here: int) -> bool:
+    """Whether a refused activation or password is one device retrying its own identity
+    beyond DEVICE_IDENTITY_FAILURE_LIMIT: answered 429 and no longer counted against its
+    address, so one misbehaving device costs the neighbours behind its NAT nothing."""
+    return failures_here > settings.DEVICE_IDENTITY_FAILURE_LIMIT
 
 
 def activity_due(last_ip: str | None, last_seen: int | None, ip: str, now: int) -> bool:

@@ -38,8 +38,6 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
         json.dumps([[n, h] for n, j in enumerate(jobs) for h in j.hashes]),
         json.dumps([[n, r.alias, r.reported, r.set] for n, j in enumerate(jobs) for r in j.rows]),
         DeviceAuthType.TOKEN,
-        ratelimit.current_window(),
-        settings.DEVICE_AUTH_FAILURE_LIMIT,
         rules.ACTIVITY_EVERY_US,
         str(EventType.DATA_IN),
     ]
@@ -89,17 +87,13 @@ def _write_sql() -> str:
     joined by job number `n`; a job names its device by token hashes or by `device_id`.
     LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
     plan of the prepared statement."""
-    device, conn, activity, failure, value, event = tables(
-        Device, Connector, DeviceActivity, AuthFailure, AliasValue, Event
+    device, conn, activity, value, event = tables(
+        Device, Connector, DeviceActivity, AliasValue, Event
     )
     job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
     job += ["device_id::bigint", "summary", "payload"]
     allowed = rules.sql_device_allowed(
-        locked="dev.locked",
-        devmode="dev.devmode",
-        secure="dev.secure",
-        failures="dev.failures",
-        auth_type="dev.auth_type",
+        locked="dev.locked", devmode="dev.devmode", secure="dev.secure"
     )
     due = rules.sql_activity_due(
         last_ip="ok.last_ip", last_seen="ok.last_seen", ip="ok.ip", now="ok.now"
@@ -118,12 +112,10 @@ def _write_sql() -> str:
         " WHERE d.id = job.device_id AND d.connector_id = job.connector_id LIMIT 1) d), "
         "dev AS (SELECT DISTINCT ON (job.n) job.*, found.id, found.identity, found.locked,"
         " found.auth_type,"
-        " c.devmode, c.resources_version, a.last_ip, a.last_seen, f.count AS failures"
+        " c.devmode, c.resources_version, a.last_ip, a.last_seen"
         " FROM job JOIN found ON found.n = job.n"
         f" JOIN {conn} c ON c.id = job.connector_id"
-        f" LEFT JOIN {activity} a ON a.device_id = found.id"
-        f" LEFT JOIN {failure} f ON f.connector_id = job.connector_id AND f.ip = job.ip"
-        " AND f.window_start = %s ORDER BY job.n), "
+        f" LEFT JOIN {activity} a ON a.device_id = found.id ORDER BY job.n), "
         f"ok AS (SELECT * FROM dev WHERE {allowed} AND dev.resources_version = dev.version), "
         f'stored AS (INSERT INTO {value} (device_id, alias, reported, "set", timestamp)'
         " SELECT ok.id, val.alias, val.reported, val.set_value, ok.now FROM ok"

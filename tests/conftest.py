@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from connector import services
+from connector import services, signin
 from connector.models import User
 
 # In CI every test must really run: a missing browser or database is a failure, not a skip.
@@ -56,6 +56,8 @@ def _fast_test_settings(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+    # Each test's database starts empty: no sign-in address is remembered as written.
+    signin._recorded.clear()
 
 
 @pytest.fixture

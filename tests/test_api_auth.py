@@ -130,32 +130,3 @@ def test_openapi_description_is_served(anon):
     body = response.content.decode()
     assert "/api:1/service/{connector_id}/device2" in body
     assert "/api:1/token/" in body
-
-
-def test_password_guessing_is_slowed_down_for_page_basic_and_token(anon, alice, client, settings):
-    settings.ACCOUNT_AUTH_FAILURE_LIMIT = 3
-    anon.credentials(HTTP_AUTHORIZATION=basic("alice@example.com", "guess"))
-    for _ in range(3):
-        assert anon.get(URL).status_code == 401
-    # Now even the right password fails from this address, on every way in.
-    anon.credentials(HTTP_AUTHORIZATION=basic("alice@example.com"))
-    assert anon.get(URL).status_code == 401
-    assert get_token(anon).status_code == 401
-    page = client.post("/login/", {"username": alice.email, "password": PASSWORD})
-    assert page.status_code == 200  # the form is shown again, not a redirect
-    # Another address is not affected.
-    other = APIClient(REMOTE_ADDR="203.0.113.50")
-    other.credentials(HTTP_AUTHORIZATION=basic("alice@example.com"))
-    assert other.get(URL).status_code == 200
-
-
-def test_sign_in_works_again_after_the_window(anon, alice, settings):
-    settings.ACCOUNT_AUTH_FAILURE_LIMIT = 2
-    with time_machine.travel(dt.datetime(2026, 6, 1, 12, 0, 5, tzinfo=dt.UTC), tick=False):
-        anon.credentials(HTTP_AUTHORIZATION=basic("alice@example.com", "guess"))
-        anon.get(URL)
-        anon.get(URL)
-        anon.credentials(HTTP_AUTHORIZATION=basic("alice@example.com"))
-        assert anon.get(URL).status_code == 401
-    with time_machine.travel(dt.datetime(2026, 6, 1, 12, 1, 5, tzinfo=dt.UTC), tick=False):
-        assert anon.get(URL).status_code == 200

@@ -60,6 +60,11 @@ def test_sign_up_create_connector_and_keep_identity_format(page):
     page.get_by_label("Password", exact=True).fill("a long factory passphrase")
     page.get_by_label("Password again").fill("a long factory passphrase")
     page.get_by_role("button", name="Sign up").click()
+    # Signing up answers the same whether or not the address had an account: sign in next.
+    expect(page.get_by_text("Your account is ready")).to_be_visible()
+    expect(page.get_by_label("Email")).to_have_value("maker@example.com")
+    page.get_by_label("Password").fill("a long factory passphrase")
+    page.get_by_role("button", name="Sign in").click()
 
     page.get_by_label("Name").fill("Tutorial connector")
     page.get_by_role("button", name="Create connector").click()
