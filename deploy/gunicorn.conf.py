@@ -38,8 +38,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers)
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
-# Request headers are parsed by uvicorn (httptools), which sets no size limit of its own: in
-# production nginx is in front and limits them (large_client_header_buffers); a forwarded
-# client certificate header is a few KiB. gunicorn's limit_request_* settings do not apply.
+# Request headers are parsed by uvicorn (httptools) through iotconnector.protocol, which
+# limits their time (REQUEST_HEADER_TIMEOUT), size (MAX_REQUEST_HEADER_BYTES) and the
+# connections per worker (MAX_CONNECTIONS); gunicorn's limit_request_* settings do not apply.
 accesslog = "-"
 errorlog = "-"

@@ -287,6 +287,13 @@ DEVICE_IDENTITY_FAILURE_LIMIT_ALL = env.int("DEVICE_IDENTITY_FAILURE_LIMIT_ALL",
 LONG_POLL_MAX_WAITING = env.int("LONG_POLL_MAX_WAITING", default=20_000)
 # Seconds a request body may go without any part of it arriving before it is answered 408.
 REQUEST_BODY_TIMEOUT = env.float("REQUEST_BODY_TIMEOUT", default=30.0)
+# Seconds from a connection opening (or its previous response) to the end of the request's
+# headers, else 408 and closed; the most bytes of request line and headers, else 431.
+REQUEST_HEADER_TIMEOUT = env.float("REQUEST_HEADER_TIMEOUT", default=10.0)
+MAX_REQUEST_HEADER_BYTES = env.int("MAX_REQUEST_HEADER_BYTES", default=64 * 1024)
+# Connections open at once per server process (beyond: 503 and closed). 0: as many as the
+# process's file descriptor limit allows (raised to the hard limit at start) minus 128.
+MAX_CONNECTIONS = env.int("MAX_CONNECTIONS", default=0)
 LONG_POLL_MAX_PER_DEVICE = env.int("LONG_POLL_MAX_PER_DEVICE", default=8)
 
 # Event log retention, applied by `manage.py prune_events` (0 turns a limit off).

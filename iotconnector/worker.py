@@ -9,6 +9,8 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from iotconnector import protocol
+
 log = logging.getLogger(__name__)
 # How often a worker checks that its gunicorn master is still its parent.
 ORPHAN_CHECK_S = 1.0
@@ -17,7 +19,8 @@ ORPHAN_CHECK_S = 1.0
 class Worker(UvicornWorker):
     CONFIG_KWARGS = {
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, with a header timeout, a header size limit and a connection cap.
+        "http": "iotconnector.protocol:GuardedHttpToolsProtocol",
         "lifespan": "on",
         # Forwarded headers are judged by the app itself against TRUSTED_PROXIES
         # (iotconnector.middleware); uvicorn must pass the real peer address through.
@@ -27,6 +30,7 @@ class Worker(UvicornWorker):
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        guard_connections()
         server = Server(config=self.config)
         self._install_sigquit_handler()
         watchers = [
@@ -38,6 +42,27 @@ class Worker(UvicornWorker):
             watcher.cancel()
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+def guard_connections() -> None:
+    """Set this worker's limits on slow and numerous connections (iotconnector.protocol)
+    from the settings, after raising its descriptor limit as far as the system allows."""
+    from django.conf import settings
+
+    descriptors = protocol.raise_descriptor_limit()
+    if settings.configured:
+        timeout, size = settings.REQUEST_HEADER_TIMEOUT, settings.MAX_REQUEST_HEADER_BYTES
+        configured = settings.MAX_CONNECTIONS
+    else:  # the benchmark's bare app: the defaults
+        timeout, size, configured = 10.0, 64 * 1024, 0
+    cap = protocol.connection_cap(configured, descriptors)
+    protocol.configure(header_timeout=timeout, max_header_bytes=size, max_connections=cap)
+    log.info(
+        "connections: at most %d open (of %d descriptors), headers within %g s",
+        cap,
+        descriptors,
+        timeout,
+    )
 
 
 async def release_polls_on_exit(server: Server) -> None:

@@ -145,8 +145,11 @@ class FrontServer:
             device_api=DEVICE_API,
         )
         self.app = app
+        from iotconnector.worker import Worker
+
+        http = Worker.CONFIG_KWARGS["http"]  # the production protocol, with its guards
         config = uvicorn.Config(
-            app, http="httptools", lifespan="on", proxy_headers=False, log_level="warning"
+            app, http=http, lifespan="on", proxy_headers=False, log_level="warning"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(

@@ -127,3 +127,125 @@ def test_a_body_that_stops_arriving_is_answered_408(live_server, transactional_d
         live_server.app.body_timeout = saved
     assert answer.startswith(b"HTTP/1.1 408")
     assert b"not sent in time" in answer
+
+
+@pytest.fixture
+def limits():
+    """The guards' limits of the test server (iotconnector.protocol), restored after."""
+    from iotconnector import protocol
+
+    saved = vars(protocol.Limits).copy()
+    yield protocol
+    for name in ("header_timeout", "max_header_bytes", "max_connections"):
+        setattr(protocol.Limits, name, saved[name])
+
+
+def _answer(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_headers_that_arrive_too_slowly_are_answered_408_and_closed(live_server, limits):
+    limits.Limits.header_timeout = 0.5
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: a")
+        for _ in range(3):  # a byte now and then keeps no connection open
+            time.sleep(0.1)
+            sock.sendall(b"a")
+        answer = _answer(sock)  # the server closes: recv returns b"" after the answer
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b"not sent in time" in answer
+    assert waited < 5
+    # An idle connection that never sends a byte is closed the same way.
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+        assert _answer(sock).startswith(b"HTTP/1.1 408")
+
+
+def test_a_kept_alive_connection_gets_the_header_timeout_for_each_request(live_server, limits):
+    limits.Limits.header_timeout = 0.5
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+        time.sleep(0.3)  # within the timeout
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)  # the timeout starts again after each response
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("shape", ["many headers", "one endless header"])
+def test_headers_over_the_limit_are_answered_431(live_server, limits, shape):
+    limits.Limits.max_header_bytes = 8192
+    if shape == "many headers":
+        extra = b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 100) for n in range(100)) + b"\r\n"
+    else:
+        extra = b"X-Endless: " + b"e" * 200_000
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + extra)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we were still sending: the answer is already there
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431")
+    # Within the limit, the same request is answered.
+    ok = requests.get(f"{live_server.url}/healthz", headers={"X-Pad": "p" * 4000}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_a_new_connection_beyond_the_cap_takes_the_place_of_the_slowest(live_server, limits):
+    limits.Limits.max_connections = 4
+    limits.Limits.header_timeout = 60  # not what closes them here
+    slow = []
+
+    def one_more_slow_client():  # sends half a request line and stops
+        sock = socket.create_connection(("127.0.0.1", live_server.port), timeout=5)
+        sock.sendall(b"GET /heal")
+        slow.append(sock)
+        time.sleep(0.05)
+
+    for _ in range(4):
+        one_more_slow_client()
+    try:
+        close = {"Connection": "close"}
+        for _ in range(3):  # each honest request gets in, in place of the slowest client
+            honest = requests.get(f"{live_server.url}/healthz", headers=close, timeout=10)
+            assert honest.status_code == 200
+            one_more_slow_client()  # and the server is full again
+        answers = [_answer(sock) for sock in slow[:3]]
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers)
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_beyond_the_cap_with_every_connection_busy_a_new_one_is_answered_503(live_server, limits):
+    limits.Limits.max_connections = 4
+    busy = []
+    for _ in range(4):  # requests whose bodies are still to come: being served, not evicted
+        sock = socket.create_connection(("127.0.0.1", live_server.port), timeout=10)
+        sock.sendall(
+            b"POST /api:1/token/ HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        busy.append(sock)
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as extra:
+            answer = _answer(extra)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
+    finally:
+        for sock in busy:
+            sock.close()
+    time.sleep(0.2)  # the server sees them go
+    assert requests.get(f"{live_server.url}/healthz", timeout=10).status_code == 200
+
+
+def test_the_cap_leaves_descriptors_for_the_server_itself():
+    from iotconnector.protocol import RESERVED_DESCRIPTORS, connection_cap
+
+    assert connection_cap(0, 1024) == 1024 - RESERVED_DESCRIPTORS
+    assert connection_cap(500, 1024) == 500
+    assert connection_cap(5000, 1024) == 1024 - RESERVED_DESCRIPTORS  # never past the limit
