@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -14,7 +18,8 @@ from rest_framework.views import APIView
 
 from connector import logs, safeinput, services, signin
 from connector.forms import ConnectorNameForm
-from connector.models import ApiToken, Connector
+from connector.models import ApiToken, Connector, EventType
+from connector.openapi import ref
 from connector.settings_json import form_errors_to_json, form_from_patch, settings_to_json
 
 
@@ -60,10 +65,13 @@ class TokenView(APIView):
         responses={
             201: inline_serializer(
                 "Token", {"token": serializers.CharField(), "expires": serializers.DateTimeField()}
-            )
+            ),
+            401: OpenApiResponse(ref("Detail"), description="Wrong email or password"),
         },
     )
     def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):  # `null`, a list, a number
+            return Response({"detail": 'Send a JSON object: {"email": …, "password": …}.'}, 400)
         email, password = request.data.get("email"), request.data.get("password")
         user = None
         if isinstance(email, str) and isinstance(password, str):
@@ -131,13 +139,16 @@ class ConnectorDetailView(APIView):
 class SettingsView(APIView):
     """`/api:1/service/<id>/device2`: the connector's settings in Murano's JSON shape."""
 
-    @extend_schema(responses={200: OpenApiResponse(description="Settings JSON (SPEC.md §5)")})
+    @extend_schema(responses={200: OpenApiResponse(ref("Settings"), "Settings JSON (SPEC.md §5)")})
     def get(self, request: Request, connector_id: str) -> Response:
         return Response(settings_to_json(user_connector(request, connector_id)))
 
     @extend_schema(
-        request=OpenApiTypes.OBJECT,
-        responses={204: None, 400: OpenApiResponse(description='{"<json.path>": "message"}')},
+        request={"application/json": ref("SettingsPatch")},
+        responses={
+            204: None,
+            400: OpenApiResponse(ref("FieldErrors"), '{"<json.path>": "message"}: nothing saved'),
+        },
     )
     def patch(self, request: Request, connector_id: str) -> Response:
         connector = user_connector(request, connector_id)
@@ -153,7 +164,17 @@ class SettingsView(APIView):
 class LogsView(APIView):
     """`/api:1/service/<id>/logs`: the connector's events, newest first, keyset pages."""
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("type", str, enum=["", *EventType.values], description="empty: any"),
+            OpenApiParameter("identity", str),
+            OpenApiParameter("since", str, description="ISO date/time (UTC) or µs"),
+            OpenApiParameter("until", str, description="ISO date/time (UTC) or µs"),
+            OpenApiParameter("before", int, description="id of the previous page's oldest"),
+            OpenApiParameter("limit", int),
+        ],
+        responses={200: ref("EventPage")},
+    )
     def get(self, request: Request, connector_id: str) -> Response:
         connector = user_connector(request, connector_id)
         flt, errors = logs.LogFilter.from_params(request.query_params)

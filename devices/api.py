@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,9 +12,10 @@ from rest_framework.views import APIView
 from connector import safeinput
 from connector.api import user_connector
 from connector.models import now_us
+from connector.openapi import ref
 from devices import listing, services
 from devices.importer import import_identities
-from devices.models import Device
+from devices.models import Device, Status
 from devices.serialize import device_json, state_json
 from provisioning.digicert import SignerError
 
@@ -60,14 +60,14 @@ class IdentityListView(APIView):
     @extend_schema(
         operation_id="identity_list",
         parameters=[
-            OpenApiParameter("limit", int),
-            OpenApiParameter("before", str),
-            OpenApiParameter("after", str),
-            OpenApiParameter("status", str),
+            OpenApiParameter("limit", int, description=f"1 to {listing.MAX_LIMIT}"),
+            OpenApiParameter("before", str, description="identity: the page before it"),
+            OpenApiParameter("after", str, description="identity: the page after it"),
+            OpenApiParameter("status", str, enum=["", *Status.values], description="empty: any"),
             OpenApiParameter("identity", str, description="identity prefix"),
             OpenApiParameter("tag", str, description="name:value, or name for any value"),
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: ref("IdentityPage")},
     )
     def get(self, request: Request, connector_id: str) -> Response:
         connector = user_connector(request, connector_id)
@@ -96,7 +96,15 @@ class IdentityListView(APIView):
 
 
 class IdentityView(APIView):
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None, 409: None})
+    @extend_schema(
+        request={"application/json": ref("IdentityPut")},
+        responses={
+            200: OpenApiResponse(ref("Certificate"), "auth.type csr: the signed certificate"),
+            204: None,
+            409: OpenApiResponse(ref("FieldErrors"), "the identity exists already"),
+            502: OpenApiResponse(ref("Detail"), "the CSR signer failed"),
+        },
+    )
     def put(self, request: Request, connector_id: str, identity: str) -> Response:
         connector = user_connector(request, connector_id)
         data, errors = _object(request.data, {"auth": dict, "locked": bool, "tags": list})
@@ -155,12 +163,12 @@ class IdentityView(APIView):
             return Response({"detail": str(exc)}, status=502)
         return Response({"certificate": certificate}, status=200)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: ref("Identity")})
     def get(self, request: Request, connector_id: str, identity: str) -> Response:
         device = _device(request, connector_id, identity)
         return Response(device_json(device, now_us(), state_json(device.values.all())))
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None})
+    @extend_schema(request={"application/json": ref("IdentityPatch")}, responses={204: None})
     def patch(self, request: Request, connector_id: str, identity: str) -> Response:
         device = _device(request, connector_id, identity)
         data, errors = _object(
@@ -213,7 +221,10 @@ class IdentityImportView(APIView):
                 },
             }
         },
-        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT},
+        responses={
+            200: ref("ImportReport"),
+            400: OpenApiResponse(ref("ImportErrors"), "nothing imported: each bad line"),
+        },
     )
     def post(self, request: Request, connector_id: str) -> Response:
         connector = user_connector(request, connector_id)
@@ -245,12 +256,12 @@ class IdentityStateView(APIView):
     """`…/identity/<id>/state`: GET the latest value of every alias; PATCH `{alias: value}`
     sets settable aliases (a cloud set)."""
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: ref("State")})
     def get(self, request: Request, connector_id: str, identity: str) -> Response:
         device = _device(request, connector_id, identity)
         return Response(state_json(device.values.order_by("alias")))
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={204: None})
+    @extend_schema(request={"application/json": ref("StatePatch")}, responses={204: None})
     def patch(self, request: Request, connector_id: str, identity: str) -> Response:
         device = _device(request, connector_id, identity)
         if not isinstance(request.data, dict):

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 # Headers only our own proxy may set. From anyone else they are dropped, so a client cannot
 # claim HTTPS, another address or a client certificate by sending them itself.
@@ -80,11 +80,7 @@ class RefuseNulMiddleware:
         # PATH_INFO arrives decoded; QUERY_STRING as sent.
         raw = request.META.get("PATH_INFO", "") + request.META.get("QUERY_STRING", "")
         if "\x00" in raw or "%00" in raw:
-            return HttpResponse(
-                "the address contains a NUL character (%00)",
-                status=400,
-                content_type="text/plain; charset=utf-8",
-            )
+            return refusal(request, 400, "the address contains a NUL character (%00)")
         return self.get_response(request)
 
 
@@ -102,6 +98,14 @@ class ContentSecurityPolicyMiddleware:
         return response
 
 
+def refusal(request: HttpRequest, status: int, reason: str) -> HttpResponse:
+    """A refusal before any view: `{"detail": …}` on the management API, as its views answer,
+    plain text elsewhere."""
+    if request.path_info.startswith("/api:1/"):
+        return JsonResponse({"detail": reason}, status=status)
+    return HttpResponse(reason, status=status, content_type="text/plain; charset=utf-8")
+
+
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -117,11 +121,7 @@ class CrossOriginApiWriteMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.method in UNSAFE_METHODS and request.path_info.startswith("/api:1/"):
             if reason := cross_origin(request):
-                return HttpResponse(
-                    f"cross-origin API write refused: {reason}",
-                    status=403,
-                    content_type="text/plain; charset=utf-8",
-                )
+                return refusal(request, 403, f"cross-origin API write refused: {reason}")
         return self.get_response(request)
 
 

@@ -344,6 +344,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Whitelist, provision and manage devices (Murano-compatible `/api:1`).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "connector.schema.complete",
+    ],
 }
 
 LOGGING = {

@@ -34,6 +34,14 @@ def test_deeply_nested_json_is_400_even_before_authentication(client, body):
     assert "nests deeper than" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("body", ["null", "[]", "3", '"text"'])
+def test_a_token_request_that_is_not_an_object_is_400(client, body):
+    """Found by the schemathesis run (tests/test_openapi.py): `null` answered 500."""
+    response = client.post("/api:1/token/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert "JSON object" in response.json()["detail"]
+
+
 def test_deeply_nested_json_is_400_on_the_settings(api, connector):
     response = api.patch(settings_url(connector), DEEP, content_type="application/json")
     assert response.status_code == 400
