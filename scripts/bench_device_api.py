@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import PY, ROOT, seed
+from benchlib import TICK_S, cpu_seconds, processes, seed, start
 
 # Writes come from this many devices in turn, as in the field: one device hammering one row
 # would measure row-lock waits, not the API.
@@ -98,37 +98,6 @@ def prepare(env: dict, rounds: int, per_round: int) -> dict:
         print(json.dumps({{"connector": connector.id, "tokens": tokens}}))
         """
     return seed(env, {"temp": {"format": "number"}}, code)
-
-
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes (all their threads), in seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total * TICK_S
-
-
-def processes(parent: int | None = None, name: str | None = None) -> list[int]:
-    """Pids of `parent` and its children, or of every process called `name`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            head, rest = (entry / "stat").read_text().rsplit(")", 1)
-        except OSError:
-            continue
-        pid, comm, ppid = int(entry.name), head.split("(", 1)[1], int(rest.split()[1])
-        if pid == parent or ppid == parent or (name is not None and comm == name):
-            found.append(pid)
-    return found
 
 
 def idle_seconds() -> tuple[float, float]:
@@ -251,18 +220,6 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
             f"p99 {result['p99']}  (runs: {result['all']}){note}\n"
             f"  {'':9s} CPU ms/request: {cpu}  idle {result['idle']:.0%}"
         )
-
-
-def start(env: dict, app: str, port: int) -> subprocess.Popen:
-    """The production server command, serving `app`."""
-    return subprocess.Popen(
-        [str(Path(PY).parent / "gunicorn"), app, "-c", "deploy/gunicorn.conf.py"]
-        + ["--bind", f"127.0.0.1:{port}"],
-        env=env,
-        cwd=ROOT,
-        stdout=open(os.environ.get("BENCH_SERVER_LOG", os.devnull), "w"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -38,3 +39,49 @@ def seed(env: dict, resources: dict, code: str) -> dict:
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * TICK_S
+
+
+def processes(parent: int | None = None, name: str | None = None) -> list[int]:
+    """Pids of `parent` and its children, or of every process called `name`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, rest = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        pid, comm, ppid = int(entry.name), head.split("(", 1)[1], int(rest.split()[1])
+        if pid == parent or ppid == parent or (name is not None and comm == name):
+            found.append(pid)
+    return found
+
+
+def start(env: dict, app: str, port: int, log: str | None = None, **popen) -> subprocess.Popen:
+    """The production server command, serving `app`; its output to `log` (else
+    BENCH_SERVER_LOG, else nowhere)."""
+    log = log or os.environ.get("BENCH_SERVER_LOG", os.devnull)
+    return subprocess.Popen(
+        [str(Path(PY).parent / "gunicorn"), app, "-c", "deploy/gunicorn.conf.py"]
+        + ["--bind", f"127.0.0.1:{port}"],
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        **popen,
+    )
