@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import TICK_S, cpu_seconds, processes, seed, start
+from benchlib import TICK_S, backend_options, cpu_seconds, processes, scratch_postgres, seed, start
 
 # Writes come from this many devices in turn, as in the field: one device hammering one row
 # would measure row-lock waits, not the API.
@@ -227,12 +227,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
-    parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    backend_options(parser, port=8765)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt install wrk")
@@ -246,24 +241,11 @@ def main() -> None:
         if args.only in (None, "sqlite"):
             run_backend("sqlite", f"sqlite:///{tmp}/bench.sqlite3", tmp, args)
         if args.only in (None, "postgresql"):
-            scratch = args.postgres.rsplit("/", 1)[0] + "/bench_device_api"
-            subprocess.run(
-                ["psql", args.postgres, "-qc", "DROP DATABASE IF EXISTS bench_device_api"],
-                capture_output=True,
-            )
-            if subprocess.run(
-                ["psql", args.postgres, "-qc", "CREATE DATABASE bench_device_api"],
-                capture_output=True,
-            ).returncode:
-                print("postgresql: not reachable, skipped")
-                return
-            try:
+            with scratch_postgres(args.postgres, "bench_device_api") as scratch:
+                if scratch is None:
+                    print("postgresql: not reachable, skipped")
+                    return
                 run_backend("postgresql", scratch, tmp, args)
-            finally:
-                subprocess.run(
-                    ["psql", args.postgres, "-qc", "DROP DATABASE IF EXISTS bench_device_api"],
-                    capture_output=True,
-                )
 
 
 if __name__ == "__main__":

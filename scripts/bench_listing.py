@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import scratch_postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [
     ("first page", {}),
@@ -89,23 +91,12 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    scratch = args.postgres.rsplit("/", 1)[0] + "/bench_listing"
-    subprocess.run(
-        ["psql", args.postgres, "-qc", "DROP DATABASE IF EXISTS bench_listing"], capture_output=True
-    )
-    if subprocess.run(
-        ["psql", args.postgres, "-qc", "CREATE DATABASE bench_listing"], capture_output=True
-    ).returncode:
-        raise SystemExit("PostgreSQL is not reachable")
-    try:
+    with scratch_postgres(args.postgres, "bench_listing") as scratch:
+        if scratch is None:
+            raise SystemExit("PostgreSQL is not reachable")
         env = {**os.environ, "DATABASE_URL": scratch}
         subprocess.run(
             [sys.executable, __file__, "--child", str(args.devices)], env=env, cwd=ROOT, check=True
-        )
-    finally:
-        subprocess.run(
-            ["psql", args.postgres, "-qc", "DROP DATABASE IF EXISTS bench_listing"],
-            capture_output=True,
         )
 
 

@@ -27,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchlib import PY, ROOT, seed
+from benchlib import PY, ROOT, backend_options, scratch_postgres, seed
 
 
 def prepare(env: dict, devices: int) -> dict:
@@ -204,12 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--polls", type=int, default=5000)
     parser.add_argument("--wakes", type=int, default=500)
-    parser.add_argument("--port", type=int, default=8775)
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
-    parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    backend_options(parser, port=8775)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = {
@@ -223,20 +218,11 @@ def main() -> None:
                 db = f"sqlite:///{tmp}/bench-{int(two)}.sqlite3"
                 backend("sqlite", {**env, "DATABASE_URL": db}, args, two)
         if args.only in (None, "postgresql"):
-            psql = ["psql", args.postgres, "-qc"]
-            subprocess.run([*psql, "DROP DATABASE IF EXISTS bench_long_poll"], capture_output=True)
-            if subprocess.run(
-                [*psql, "CREATE DATABASE bench_long_poll"], capture_output=True
-            ).returncode:
-                print("postgresql: not reachable, skipped")
-                return
-            try:
-                url = args.postgres.rsplit("/", 1)[0] + "/bench_long_poll"
+            with scratch_postgres(args.postgres, "bench_long_poll") as url:
+                if url is None:
+                    print("postgresql: not reachable, skipped")
+                    return
                 backend("postgresql", {**env, "DATABASE_URL": url}, args, True)
-            finally:
-                subprocess.run(
-                    [*psql, "DROP DATABASE IF EXISTS bench_long_poll"], capture_output=True
-                )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -85,3 +86,32 @@ def start(env: dict, app: str, port: int, log: str | None = None, **popen) -> su
         stderr=subprocess.STDOUT,
         **popen,
     )
+
+
+@contextlib.contextmanager
+def scratch_postgres(url: str, name: str):
+    """A fresh PostgreSQL database `name` on `url`'s server, dropped afterwards; yields its
+    URL, or None when that server cannot be reached."""
+
+    def psql(sql: str) -> bool:
+        return subprocess.run(["psql", url, "-qc", sql], capture_output=True).returncode == 0
+
+    psql(f"DROP DATABASE IF EXISTS {name}")
+    if not psql(f"CREATE DATABASE {name}"):
+        yield None
+        return
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        psql(f"DROP DATABASE IF EXISTS {name}")
+
+
+def backend_options(parser, *, port: int) -> None:
+    """The options every server benchmark takes: where it listens, the PostgreSQL server
+    for its scratch database, and one backend only."""
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--only", choices=["sqlite", "postgresql"])

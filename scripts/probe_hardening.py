@@ -26,7 +26,6 @@ import os
 import random
 import resource
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 import requests
-from benchlib import cpu_seconds, processes, seed, start
+from benchlib import backend_options, cpu_seconds, processes, scratch_postgres, seed, start
 
 DEVICE_PASSWORD = "a-device-password-of-32-bytes!!!"  # noqa: S105 (a probe's own)
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -530,12 +529,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--mutations", type=int, default=3000)
-    parser.add_argument("--port", type=int, default=8775)
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
-    )
-    parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    backend_options(parser, port=8775)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the probe's own 1,200 sockets
@@ -547,20 +541,11 @@ def main() -> None:
         if args.only in (None, "sqlite"):
             reports["sqlite"] = run("sqlite", f"sqlite:///{tmp}/probe.sqlite3", tmp, args)
         if args.only in (None, "postgresql"):
-            scratch = args.postgres.rsplit("/", 1)[0] + "/probe_hardening"
-            psql = ["psql", args.postgres, "-qc"]
-            subprocess.run([*psql, "DROP DATABASE IF EXISTS probe_hardening"], capture_output=True)
-            if subprocess.run(
-                [*psql, "CREATE DATABASE probe_hardening"], capture_output=True
-            ).returncode:
-                print("postgresql: not reachable, skipped")
-            else:
-                try:
+            with scratch_postgres(args.postgres, "probe_hardening") as scratch:
+                if scratch is None:
+                    print("postgresql: not reachable, skipped")
+                else:
                     reports["postgresql"] = run("postgresql", scratch, tmp, args)
-                finally:
-                    subprocess.run(
-                        [*psql, "DROP DATABASE IF EXISTS probe_hardening"], capture_output=True
-                    )
         for name, report in reports.items():
             missed = [
                 goal
