@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from connector import api
+from connector import api, subscriptions_api
 from devices import api as devices_api
 
 urlpatterns = [
@@ -30,5 +30,25 @@ urlpatterns = [
         name="api-identity-import",
     ),
     path("service/<str:connector_id>/logs", api.LogsView.as_view(), name="api-logs"),
+    path(
+        "service/<str:connector_id>/events/subscription",
+        subscriptions_api.SubscriptionListView.as_view(),
+        name="api-subscriptions",
+    ),
+    path(
+        "service/<str:connector_id>/events/subscription/<str:subscription_id>",
+        subscriptions_api.SubscriptionView.as_view(),
+        name="api-subscription",
+    ),
+    path(
+        "service/<str:connector_id>/events/subscription/<str:subscription_id>/test",
+        subscriptions_api.SubscriptionTestView.as_view(),
+        name="api-subscription-test",
+    ),
+    path(
+        "service/<str:connector_id>/events/subscription/<str:subscription_id>/rotate",
+        subscriptions_api.SubscriptionRotateView.as_view(),
+        name="api-subscription-rotate",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -145,6 +145,9 @@ class Connector(models.Model):
     resources = models.JSONField(default=dict, blank=True)
     # Bumped on every change of `resources`: the device API's cached copy checks it.
     resources_version = models.PositiveIntegerField(default=0)
+    # Whether any enabled event subscription exists: the store writes outbox rows only then,
+    # reading this in the statement that writes (connector.subscriptions keeps it true).
+    events_enabled = models.BooleanField(default=False)
 
     objects = ConnectorQuerySet.as_manager()
 
@@ -296,3 +299,116 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.identity} {self.summary}"
+
+
+def new_subscription_id() -> str:
+    return "sub_" + "".join(secrets.choice(CONNECTOR_ID_ALPHABET) for _ in range(16))
+
+
+class Subscription(models.Model):
+    """Where a connector's device events go (SPEC.md section 10): which types, to which
+    destination, signed with which secret. Secrets and extra headers are encrypted at rest
+    (the signature needs the secret itself) and never shown again after creation."""
+
+    class Kind(models.TextChoices):
+        WEBHOOK = "webhook", "HTTPS webhook"
+
+    id = models.CharField(primary_key=True, max_length=24, default=new_subscription_id)
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="subscriptions")
+    kind = models.CharField(max_length=16, choices=Kind, default=Kind.WEBHOOK)
+    types = models.JSONField(default=list)  # event types; empty: all
+    url = models.TextField(blank=True, default="")
+    headers_encrypted = models.TextField(blank=True, default="")  # Fernet JSON {name: value}
+    secret_encrypted = models.TextField()
+    # During a rotation the previous secret signs too, until `previous_until`.
+    previous_secret_encrypted = models.TextField(blank=True, default="")
+    previous_until = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # Health, kept by the relay.
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    delivered = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.id} → {self.url}"
+
+
+class OutboxEvent(models.Model):
+    """A device event to deliver, written in the transaction of the change it describes.
+    `partition` (from the identity) orders delivery: one device's events stay in one
+    partition, delivered in id order; partitions are delivered in parallel."""
+
+    id = models.BigAutoField(primary_key=True)
+    connector_id = models.CharField(max_length=20)
+    partition = models.PositiveSmallIntegerField()
+    type = models.CharField(max_length=32)
+    identity = models.CharField(max_length=128)
+    ip = models.CharField(max_length=45, blank=True, default="")
+    protocol = models.CharField(max_length=8, default="http")
+    time = models.BigIntegerField()  # µs
+    payload = models.TextField(default="[]")  # JSON: [{"timestamp", "values"}]
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["connector_id", "partition", "id"], name="outbox_partition"),
+            models.Index(fields=["time"], name="outbox_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.type} {self.identity}"
+
+
+class DeliveryCursor(models.Model):
+    """How far one subscription has delivered one partition, and who relays it now (a lease,
+    so exactly one relay works on a partition at a time, in any process)."""
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="cursors")
+    partition = models.PositiveSmallIntegerField()
+    last_id = models.BigIntegerField(default=0)  # the newest outbox id delivered (or skipped)
+    attempts = models.PositiveIntegerField(default=0)  # of the event after last_id
+    failing_since = models.BigIntegerField(null=True, blank=True)  # µs
+    next_attempt_at = models.BigIntegerField(default=0)  # µs
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_until = models.BigIntegerField(default=0)  # µs
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "partition"], name="unique_cursor_partition"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id}/{self.partition} at {self.last_id}"
+
+
+class DeadLetter(models.Model):
+    """An event its subscription gave up on after the retry period: kept with the answer of
+    the last attempt, replayable."""
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="dead_letters"
+    )
+    event_id = models.BigIntegerField()
+    body = models.TextField()  # the event JSON as it was sent
+    attempts = models.PositiveIntegerField()
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    last_response = models.CharField(max_length=1000, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id}: {self.event_id}"

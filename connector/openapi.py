@@ -12,6 +12,7 @@ from typing import Any
 
 from connector.identity import Casing, IdentityType
 from connector.models import AuthType, EventType
+from connector.outbox import TYPES as OUTBOX_TYPES
 from devices.models import Status
 from devices.resources import FORMATS
 
@@ -253,6 +254,72 @@ COMPONENTS: dict[str, Schema] = {
         }
     ),
     "EventPage": obj({"mayLoadMore": BOOLEAN, "events": {"type": "array", "items": ref("Event")}}),
+    "SubscriptionIn": obj(
+        {
+            "types": {"type": "array", "items": {"type": "string", "enum": list(OUTBOX_TYPES)}},
+            "webhook": obj(
+                {
+                    "url": {**STRING, "description": "https:// (http only where allowed)"},
+                    "headers": {
+                        "type": "object",
+                        "additionalProperties": STRING,
+                        "maxProperties": 20,
+                        "description": "extra headers sent with each delivery (stored encrypted)",
+                    },
+                },
+                required=["url"],
+            ),
+            "enabled": BOOLEAN,
+        },
+        required=["webhook"],
+    ),
+    "SubscriptionPatch": obj(
+        {
+            "types": {"type": "array", "items": {"type": "string", "enum": list(OUTBOX_TYPES)}},
+            "webhook": obj(
+                {
+                    "url": STRING,
+                    "headers": {"type": "object", "additionalProperties": STRING},
+                },
+                required=False,
+            ),
+            "enabled": BOOLEAN,
+        },
+        required=False,
+    ),
+    "SubscriptionCreated": obj({"id": STRING, "secret": {**STRING, "description": "whsec_…"}}),
+    "Subscription": obj(
+        {
+            "id": STRING,
+            "types": {"type": "array", "items": STRING},
+            "webhook": obj(
+                {"url": STRING, "headers": {"type": "array", "items": STRING}},
+            ),
+            "enabled": BOOLEAN,
+            "disabled_reason": nullable(STRING),
+            "created": {"type": "string", "format": "date-time"},
+            "health": obj(
+                {
+                    "last_success": nullable({"type": "string", "format": "date-time"}),
+                    "last_error": nullable(STRING),
+                    "last_error_at": nullable({"type": "string", "format": "date-time"}),
+                    "delivered": INTEGER,
+                    "backlog": INTEGER,
+                    "dead_letters": INTEGER,
+                    "retrying": INTEGER,
+                }
+            ),
+        }
+    ),
+    "SubscriptionList": {"type": "array", "items": ref("Subscription")},
+    "TestDelivery": obj(
+        {
+            "id": STRING,
+            "delivered": BOOLEAN,
+            "status": nullable(INTEGER),
+            "error": nullable(STRING),
+        }
+    ),
     "FieldErrors": {
         "type": "object",
         "additionalProperties": STRING,

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from connector import events, keys
+from connector import events, keys, outbox
 from connector.models import Connector, EventType, now_us
 from connector.sql import insert_rows
 from devices.models import AliasValue, Device, DeviceAuthType, DeviceTag, Status
@@ -205,6 +205,15 @@ def delete_devices(connector: Connector, devices: QuerySet[Device], *, actor=Non
         devices = devices.filter(connector=connector)
         count = devices.count()
         identities = list(devices.values_list("identity", flat=True)[:EVENT_IDENTITIES])
+        if connector.pk in outbox.enabled([connector.pk]):
+            now = now_us()
+            outbox.add(
+                [
+                    outbox.row(connector.pk, "deleted", pk, identity, None, now)
+                    for pk, identity in devices.values_list("pk", "identity").iterator()
+                ],
+                checked=True,
+            )
         devices.delete()
         if count:
             events.record(
@@ -336,5 +345,13 @@ def set_state(device: Device, values: dict, *, actor=None) -> None:
             identity=device.identity,
             actor=actor,
             payload={"set": clean},
+        )
+        payload = outbox.payload_json([(now, clean)])
+        outbox.add(
+            [
+                outbox.row(
+                    device.connector_id, "data_out", device.pk, device.identity, None, now, payload
+                )
+            ]
         )
         longpoll.announce(device.pk, list(clean))

@@ -177,8 +177,14 @@ class Front:
                 # 0.1-0.9 s (scripts/bench_long_poll.py).
                 gc.collect()
                 gc.freeze()
+                from connector import relay  # the outbox relay of this process (EVENTS_RELAY)
+
+                relay.start_in_process(self.initializer)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                from connector import relay
+
+                relay.stop_in_process()
                 longpoll.stop()
                 self.pool.stop()
                 for batcher in self.batchers.values():

@@ -296,6 +296,23 @@ MAX_REQUEST_HEADER_BYTES = env.int("MAX_REQUEST_HEADER_BYTES", default=64 * 1024
 MAX_CONNECTIONS = env.int("MAX_CONNECTIONS", default=0)
 LONG_POLL_MAX_PER_DEVICE = env.int("LONG_POLL_MAX_PER_DEVICE", default=8)
 
+# Device events to applications (connector.outbox, connector.relay; SPEC.md section 10).
+# Partitions: one device's events are delivered in order within one, partitions in parallel.
+EVENTS_PARTITIONS = env.int("EVENTS_PARTITIONS", default=8)
+# Each server process runs a relay (leases keep one relay per partition); off: run
+# `manage.py relay_events` as processes of their own instead.
+EVENTS_RELAY = env.bool("EVENTS_RELAY", default=True)
+EVENTS_POLL_INTERVAL = env.float("EVENTS_POLL_INTERVAL", default=0.2)  # seconds
+EVENTS_RELAY_THREADS = env.int("EVENTS_RELAY_THREADS", default=4)
+# How long a failing event is retried (backoff with jitter) before it is dead-lettered.
+EVENTS_RETRY_SECONDS = env.int("EVENTS_RETRY_SECONDS", default=3 * 86400)
+EVENTS_TIMEOUT = env.float("EVENTS_TIMEOUT", default=10.0)  # connect and read, seconds
+# Webhooks to private, loopback or link-local addresses (and plain http) are refused unless
+# this is on (development, tests); checked again after DNS resolution at each delivery.
+EVENTS_ALLOW_PRIVATE_URLS = env.bool("EVENTS_ALLOW_PRIVATE_URLS", default=False)
+# Delivered outbox rows older than this are pruned by `prune_events`.
+EVENTS_OUTBOX_RETENTION_DAYS = env.int("EVENTS_OUTBOX_RETENTION_DAYS", default=7)
+
 # Event log retention, applied by `manage.py prune_events` (0 turns a limit off).
 LOG_RETENTION_DAYS = env.int("LOG_RETENTION_DAYS", default=30)
 LOG_MAX_ROWS_PER_CONNECTOR = env.int("LOG_MAX_ROWS_PER_CONNECTOR", default=1_000_000)

@@ -89,6 +89,7 @@ class DeviceRow(NamedTuple):
     secret_hash: str
     resources_version: int  # the connector's definitions, as the lookup read them
     auth_type: str
+    events_enabled: bool  # the connector's: whether its changes add outbox rows
 
 
 @lru_cache(maxsize=64)
@@ -103,7 +104,7 @@ def lookup_sql(where: str) -> str:
     return (
         f"SELECT d.id, d.identity, d.connector_id, d.state, d.locked, c.devmode, "  # noqa: S608
         f"a.last_ip, a.last_seen, d.secret_hash, "
-        f"c.resources_version, d.auth_type "
+        f"c.resources_version, d.auth_type, c.events_enabled "
         f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
         f"LEFT JOIN {activity} a ON a.device_id = d.id "
         f"WHERE d.connector_id = %s AND {where}"

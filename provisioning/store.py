@@ -24,7 +24,7 @@ from functools import lru_cache
 
 from django.db import DatabaseError, connection, transaction
 
-from connector import events
+from connector import events, outbox
 from connector.models import Event
 from connector.sql import insert_rows, tables
 from connector.sql import run as sql_run
@@ -97,8 +97,21 @@ def _record(job: RecordJob) -> JobResult:
         newer = sql_run(_latest_sql(len(latest)), [v for row in latest for v in row])
         longpoll.announce(job.device_id, [alias for (alias,) in newer])
     insert_rows(Event, events.COLUMNS, [job.event._replace(identity=job.identity)])
+    outbox.add([_recorded(job)])
     touch(job.device_id, job.last_ip, job.last_seen, job.ip, job.now)
     return STORED
+
+
+def _recorded(job: RecordJob) -> outbox.OutboxRow:
+    """A record's `data_in`: one payload entry per timestamp, oldest first."""
+    by_time: dict[int, dict[str, str]] = {}
+    for alias, items in job.points.items():
+        for ts, value in items:
+            by_time.setdefault(ts, {})[alias] = value
+    payload = outbox.payload_json(sorted(by_time.items()))
+    return outbox.row(
+        job.connector_id, "data_in", job.device_id, job.identity, job.ip, job.now, payload
+    )
 
 
 def _collisions(job: RecordJob) -> dict[str, list[int]]:
@@ -162,11 +175,17 @@ def _certificate(job: CertificateJob) -> JobResult:
         )
         if not created:
             return UNSTORED  # registered by a concurrent first contact
+        device_id = created[0][0]
     else:
         params = [_adapt(value) for value in fields.values()]
         if not sql_run(_certificate_sql(job.rotate), [*params, job.device_id, job.now]):
             return UNSTORED
+        device_id = job.device_id
     insert_rows(Event, events.COLUMNS, [job.event])
+    if not job.rotate:
+        outbox.add(
+            [outbox.row(job.connector_id, "provisioned", device_id, job.identity, job.ip, job.now)]
+        )
     return STORED
 
 

@@ -16,8 +16,8 @@ from functools import lru_cache
 from django.conf import settings
 from django.db import connection
 
-from connector import events
-from connector.models import Connector, Event, EventType
+from connector import events, outbox
+from connector.models import Connector, Event, EventType, OutboxEvent
 from connector.sql import run as sql_run
 from connector.sql import tables
 from devices.models import AliasValue, Device, DeviceActivity, DeviceAuthType
@@ -31,7 +31,7 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
         json.dumps(
             [
                 [n, j.connector_id, j.now, j.ip, j.secure, j.resources_version, j.device_id]
-                + [j.event.summary, j.event.payload]
+                + [j.event.summary, j.event.payload, outbox.values_payload(j.now, j.pairs)]
                 for n, j in enumerate(jobs)
             ]
         ),
@@ -40,8 +40,9 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
         DeviceAuthType.TOKEN,
         rules.ACTIVITY_EVERY_US,
         str(EventType.DATA_IN),
+        settings.EVENTS_PARTITIONS,
     ]
-    return _results(sql_run(_write_sql(), params), len(jobs))
+    return _woken(_results(sql_run(_write_sql(), params), len(jobs)))
 
 
 def claim(jobs: list[ClaimJob]) -> list[JobResult]:
@@ -57,8 +58,16 @@ def claim(jobs: list[ClaimJob]) -> list[JobResult]:
         ratelimit.current_window(),
         settings.DEVICE_AUTH_FAILURE_LIMIT,
         str(EventType.PROVISIONED),
+        settings.EVENTS_PARTITIONS,
     ]
-    return _results(sql_run(_claim_sql(), params), len(jobs))
+    return _woken(_results(sql_run(_claim_sql(), params), len(jobs)))
+
+
+def _woken(results: list[JobResult]) -> list[JobResult]:
+    """Wake this process's relay when something was stored (it may have outbox rows)."""
+    if STORED in results:
+        outbox.pending.set()
+    return results
 
 
 def _results(rows: list[tuple], count: int) -> list[JobResult]:
@@ -81,6 +90,10 @@ def _event_columns() -> str:
     return ", ".join(connection.ops.quote_name(c) for c in events.COLUMNS)
 
 
+# The outbox rows a batch adds in its own statement (connector.outbox: the same columns).
+_OUTBOX_INSERT = f"INSERT INTO {OutboxEvent._meta.db_table} ({', '.join(outbox.COLUMNS)})"
+
+
 @lru_cache(maxsize=1)
 def _write_sql() -> str:
     """The jobs, their token hashes and their values come as three JSON arrays of arrays,
@@ -91,7 +104,7 @@ def _write_sql() -> str:
         Device, Connector, DeviceActivity, AliasValue, Event
     )
     job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
-    job += ["device_id::bigint", "summary", "payload"]
+    job += ["device_id::bigint", "summary", "payload", "outbox"]
     allowed = rules.sql_device_allowed(
         locked="dev.locked", devmode="dev.devmode", secure="dev.secure"
     )
@@ -112,7 +125,7 @@ def _write_sql() -> str:
         " WHERE d.id = job.device_id AND d.connector_id = job.connector_id LIMIT 1) d), "
         "dev AS (SELECT DISTINCT ON (job.n) job.*, found.id, found.identity, found.locked,"
         " found.auth_type,"
-        " c.devmode, c.resources_version, a.last_ip, a.last_seen"
+        " c.devmode, c.resources_version, c.events_enabled, a.last_ip, a.last_seen"
         " FROM job JOIN found ON found.n = job.n"
         f" JOIN {conn} c ON c.id = job.connector_id"
         f" LEFT JOIN {activity} a ON a.device_id = found.id ORDER BY job.n), "
@@ -130,7 +143,9 @@ def _write_sql() -> str:
         " last_seen = excluded.last_seen), "
         f"logged AS (INSERT INTO {event} ({_event_columns()})"
         " SELECT ok.connector_id, ok.now, %s, ok.identity, ok.ip, NULL, '', ok.summary,"
-        " ok.payload::jsonb FROM ok) "
+        " ok.payload::jsonb FROM ok), "
+        f"outboxed AS ({_OUTBOX_INSERT} SELECT ok.connector_id, ok.id %% %s, 'data_in',"
+        " ok.identity, host(ok.ip), 'http', ok.now, ok.outbox FROM ok WHERE ok.events_enabled) "
         "SELECT ok.n FROM ok, (SELECT count(*) FROM notified) AS notes"
     )
 
@@ -175,6 +190,9 @@ def _claim_sql() -> str:
         " last_ip = excluded.last_ip, last_seen = excluded.last_seen), "
         f"logged AS (INSERT INTO {event} ({_event_columns()})"
         " SELECT connector_id, now, %s, identity, ip, NULL, '', summary, payload::jsonb"
-        " FROM done) "
+        " FROM done), "
+        f"outboxed AS ({_OUTBOX_INSERT} SELECT done.connector_id, done.id %% %s, 'provisioned',"
+        " done.identity, host(done.ip), 'http', done.now, '[]' FROM done"
+        f" JOIN {conn} c ON c.id = done.connector_id WHERE c.events_enabled) "
         "SELECT n FROM done"
     )

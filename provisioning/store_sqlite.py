@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from django.db import connection, transaction
 
-from connector import events
+from connector import events, outbox
 from connector.models import Connector, Event
 from connector.sql import insert_rows, tables
 from connector.sql import run as sql_run
@@ -32,7 +32,7 @@ VALUE_UPSERT = {
 
 def write(jobs: list[WriteJob]) -> list[JobResult]:
     with WRITER_LOCK.held(), transaction.atomic():
-        results, values, seen, logged, stored = [], [], [], [], []
+        results, values, seen, logged, stored, sent = [], [], [], [], [], []
         for job in jobs:
             device = _device(job)
             if device is None or _refused(job, device):
@@ -44,12 +44,20 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
                 seen.append((device.id, job.ip, job.now))
             logged.append(job.event._replace(identity=device.identity))
             stored.append((device.id, [r.alias for r in job.rows]))
+            if device.events_enabled:  # read by the lookup, in this transaction
+                sent.append(_data_in(job, device.id, device.identity))
         insert_rows(AliasValue, VALUE_COLUMNS, values, **VALUE_UPSERT)
         insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
         insert_rows(Event, events.COLUMNS, logged)
+        outbox.add(sent, checked=True)
         for device_id, aliases in stored:
             longpoll.announce_local(device_id, aliases)
     return results
+
+
+def _data_in(job: WriteJob, device_id: int, identity: str) -> outbox.OutboxRow:
+    payload = outbox.values_payload(job.now, job.pairs)
+    return outbox.row(job.connector_id, "data_in", device_id, identity, job.ip, job.now, payload)
 
 
 def _device(job: WriteJob) -> auth.DeviceRow | None:
@@ -67,13 +75,15 @@ def _refused(job: WriteJob, device: auth.DeviceRow) -> bool:
 def claim(jobs: list[ClaimJob]) -> list[JobResult]:
     with WRITER_LOCK.held(), transaction.atomic():
         ids = list({job.connector_id for job in jobs})
-        current = dict(sql_run(_settings_sql(len(ids)), ids))
+        found_settings = sql_run(_settings_sql(len(ids)), ids)
+        current = {connector_id: fingerprint for connector_id, fingerprint, _on in found_settings}
+        delivered = {connector_id for connector_id, _fingerprint, on in found_settings if on}
         window = ratelimit.current_window()
         failures = {
             (connector_id, ip): count
             for connector_id, ip, count in sql_run(_failures_sql(len(ids)), [window, *ids])
         }
-        results, seen, logged = [], [], []
+        results, seen, logged, sent = [], [], [], []
         for job in jobs:
             if current.get(job.connector_id) != job.fingerprint or rules.over_failure_limit(
                 failures.get((job.connector_id, job.ip))
@@ -89,8 +99,12 @@ def claim(jobs: list[ClaimJob]) -> list[JobResult]:
             results.append(STORED)
             seen.append((found[0][0], job.ip, job.now))
             logged.append(job.event)
+            if job.connector_id in delivered:
+                provisioned = "provisioned", found[0][0], job.identity, job.ip, job.now
+                sent.append(outbox.row(job.connector_id, *provisioned))
         insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
         insert_rows(Event, events.COLUMNS, logged)
+        outbox.add(sent, checked=True)
     return results
 
 
@@ -138,7 +152,10 @@ def _settings_sql(ids: int) -> str:
     (table,) = tables(Connector)
     marks = ", ".join(["%s"] * ids)
     fingerprint = connectors.sql_fingerprint("c")
-    return f"SELECT c.id, {fingerprint} FROM {table} c WHERE c.id IN ({marks})"  # noqa: S608
+    return (
+        f"SELECT c.id, {fingerprint}, c.events_enabled FROM {table} c"  # noqa: S608
+        f" WHERE c.id IN ({marks})"
+    )
 
 
 @lru_cache(maxsize=8)

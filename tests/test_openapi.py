@@ -19,7 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from connector import services
+from connector import services, subscriptions
 from connector.models import User
 from devices import services as device_services
 from tests.conftest import PASSWORD, basic, define
@@ -70,7 +70,11 @@ def line(live_server, transactional_db, settings):
     connector = services.create_connector(user, "Fuzzed line")
     define(connector, "temp", setpoint={"format": "number", "settable": True})
     device_services.whitelist_device(connector, "00000001")
-    return live_server, connector
+    # A subscription to a closed port: its test sends get an answer, none is delivered.
+    subscription, _secret = subscriptions.create(
+        connector, {"webhook": {"url": "http://127.0.0.1:9/events"}}
+    )
+    return live_server, connector, subscription
 
 
 @pytest.mark.parametrize(
@@ -79,8 +83,12 @@ def line(live_server, transactional_db, settings):
     ids=[f"{m} {p} {i} {mode}" for m, p, i, mode in CASES],
 )
 def test_every_operation_answers_as_described_and_never_5xx(line, method, path, identity, mode):
-    server, connector = line
-    values = {"connector_id": connector.pk, "identity": identity}
+    server, connector, subscription = line
+    values = {
+        "connector_id": connector.pk,
+        "identity": identity,
+        "subscription_id": subscription.pk,
+    }
     names = re.findall(r"{(\w+)}", path)
     strategy = SCHEMA[path][method].as_strategy(
         mode, path_parameters={name: values[name] for name in names}

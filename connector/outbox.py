@@ -1,0 +1,134 @@
+"""The transactional outbox of device events (SPEC.md section 10).
+
+Every state change that applications hear of (a write, a record, an activation, a cloud set,
+a deletion) adds its outbox rows with the same `insert_rows` call, in the same transaction,
+as its log event: the store's batches (`provisioning.store_*`), the device services. A
+change that rolls back leaves no row; a 204 means the row is committed and the relay
+(`connector.relay`) will deliver it. Rows are added only for connectors with an enabled
+subscription (`Connector.events_enabled`), read in the transaction that writes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, NamedTuple
+
+from django.conf import settings
+
+from connector.models import Connector, OutboxEvent
+from connector.sql import insert_rows, tables
+from connector.sql import run as sql_run
+
+# Murano's device2 event types this connector produces (SPEC.md section 10).
+TYPES = (
+    "provisioned",
+    "connect",
+    "disconnect",
+    "data_in",
+    "data_out",
+    "content_in",
+    "deleted",
+    "expired",
+)
+
+
+class OutboxRow(NamedTuple):
+    """One outbox row as inserted: the fields are the table's columns, in `COLUMNS` order."""
+
+    connector_id: str
+    partition: int
+    type: str
+    identity: str
+    ip: str
+    protocol: str
+    time: int  # µs
+    payload: str  # JSON: [{"timestamp": µs, "values": {alias: value}}]
+
+
+COLUMNS = list(OutboxRow._fields)
+
+
+def partition_of(device_id: int) -> int:
+    """The partition of one device: its events are delivered in order within it. From its
+    row id, which every statement that writes an event knows (PostgreSQL's batch writes
+    compute the same, `device_id % EVENTS_PARTITIONS`). Change EVENTS_PARTITIONS only with
+    the outbox drained."""
+    return device_id % settings.EVENTS_PARTITIONS
+
+
+def payload_json(entries: list[tuple[int, dict[str, Any]]]) -> str:
+    return json.dumps([{"timestamp": ts, "values": values} for ts, values in entries])
+
+
+def row(
+    connector_id: str,
+    type: str,
+    device_id: int,
+    identity: str,
+    ip: str | None,
+    time: int,
+    payload: str = "[]",
+    protocol: str = "http",
+) -> OutboxRow:
+    return OutboxRow(
+        connector_id, partition_of(device_id), type, identity, ip or "", protocol, time, payload
+    )
+
+
+def values_payload(time: int, pairs) -> str:
+    """A write's payload: every alias as sent, defined or not (Murano's scripts see all)."""
+    return payload_json([(time, dict(pairs))])
+
+
+def enabled(connector_ids) -> set[str]:
+    """Of these connectors, those whose events are delivered; read inside the transaction
+    that adds the rows, so a subscription created before it commits is seen."""
+    ids = list(set(connector_ids))
+    if not ids:
+        return set()
+    (table,) = tables(Connector)
+    marks = ", ".join(["%s"] * len(ids))
+    sql = f"SELECT id FROM {table} WHERE events_enabled AND id IN ({marks})"  # noqa: S608
+    return {found for (found,) in sql_run(sql, ids)}
+
+
+def add(rows: list[OutboxRow], *, checked: bool = False) -> None:
+    """Insert the rows of connectors whose events are delivered (all of them if `checked`:
+    the caller read `enabled` in this transaction), then wake this process's relay."""
+    if not rows:
+        return
+    if not checked:
+        on = enabled(r.connector_id for r in rows)
+        rows = [r for r in rows if r.connector_id in on]
+    if rows:
+        insert_rows(OutboxEvent, COLUMNS, rows)
+        wake_after_commit()
+
+
+# --- Waking the relay -------------------------------------------------------------------------
+
+# Set when this process committed outbox rows: its relay looks at once instead of at its next
+# poll (other processes see them at theirs, EVENTS_POLL_INTERVAL).
+pending = threading.Event()
+
+
+def wake_after_commit() -> None:
+    from django.db import transaction
+
+    transaction.on_commit(pending.set)
+
+
+def event_json(event: OutboxEvent | Any) -> dict[str, Any]:
+    """The event object as delivered (SPEC.md section 10); `id` is stable across retries."""
+    return {
+        "id": f"evt_{event.id}",
+        "type": event.type,
+        "connector": event.connector_id,
+        "identity": event.identity,
+        "ip": event.ip or None,
+        "protocol": event.protocol,
+        "timestamp": event.time,
+        "connection_id": None,
+        "payload": json.loads(event.payload),
+    }

@@ -1,0 +1,279 @@
+"""The relay: delivers the outbox (`connector.outbox`) to each subscription, at least once,
+in order per device.
+
+Each subscription has one cursor per partition (`DeliveryCursor`). A relay takes a lease on
+the cursors it works (an UPDATE that succeeds only where the lease is free or already its
+own), so whatever the number of server processes or `relay_events` commands, exactly one
+relay delivers a partition at a time; a relay that dies (kill -9) loses its leases when they
+run out (LEASE_S) and another takes over from the last cursor saved. Within a partition
+events go one after another, in outbox order: one device's events are delivered in order, and
+a failing event holds back only its partition. Cursors are saved after each batch, so a crash
+re-delivers at most a batch: duplicates carry the same `id`.
+
+Retries back off exponentially with jitter (honouring Retry-After) for EVENTS_RETRY_SECONDS,
+after which the event is dead-lettered (kept with the last answer, replayable) and the
+partition moves on. A 410 Gone disables the subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from connector import keys, outbox, webhooks
+from connector.models import (
+    DeadLetter,
+    DeliveryCursor,
+    OutboxEvent,
+    Subscription,
+    now_us,
+)
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 15
+BATCH = 100
+MAX_BACKOFF_S = 3600
+
+
+def backoff_s(attempts: int, retry_after: float | None = None) -> float:
+    """Seconds before the next attempt: 1, 2, 4 … an hour at most, with ±50 % jitter; at
+    least what the receiver asked for in Retry-After (a day at most)."""
+    base = min(2 ** max(attempts - 1, 0), MAX_BACKOFF_S)
+    wait = base * random.uniform(0.5, 1.5)  # noqa: S311 (jitter, not security)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, 86400.0))
+    return wait
+
+
+def signing_secrets(subscription: Subscription) -> list[str]:
+    found = [keys.decrypt(subscription.secret_encrypted)]
+    if subscription.previous_secret_encrypted and subscription.previous_until:
+        if subscription.previous_until > timezone.now():
+            found.append(keys.decrypt(subscription.previous_secret_encrypted))
+    return found
+
+
+def extra_headers(subscription: Subscription) -> dict[str, str]:
+    if not subscription.headers_encrypted:
+        return {}
+    return json.loads(keys.decrypt(subscription.headers_encrypted))
+
+
+def send(subscription: Subscription, msg_id: str, body: bytes) -> webhooks.Reply:
+    """One signed POST of `body` (Standard Webhooks headers; `webhook-id` is the event id)."""
+    stamp = int(time.time())
+    headers = {
+        **extra_headers(subscription),
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": webhooks.signature_header(
+            signing_secrets(subscription), msg_id, stamp, body
+        ),
+    }
+    return webhooks.post(subscription.url, body, headers)
+
+
+class Relay:
+    def __init__(self, owner: str | None = None, initializer: Callable[[], None] | None = None):
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
+        self.initializer = initializer
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.pool: ThreadPoolExecutor | None = None
+
+    # --- running -----------------------------------------------------------------------------
+
+    def start(self) -> Relay:
+        self.pool = ThreadPoolExecutor(
+            settings.EVENTS_RELAY_THREADS, "relay", initializer=self.initializer
+        )
+        self.thread = threading.Thread(target=self._loop, name="relay", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        outbox.pending.set()
+        if self.thread is not None:
+            self.thread.join(10)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _loop(self) -> None:
+        if self.initializer is not None:
+            self.initializer()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    busy = self.step()
+                except Exception:  # a failing step must not end the relay
+                    log.exception("relay step failed")
+                    busy = 0
+                if not busy:
+                    outbox.pending.wait(settings.EVENTS_POLL_INTERVAL)
+                    outbox.pending.clear()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            DeliveryCursor.objects.filter(lease_owner=self.owner).update(lease_until=0)
+        except Exception:  # the database may be gone at shutdown
+            log.warning("could not release relay leases", exc_info=True)
+
+    # --- one pass ----------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Lease what is due and deliver it; the number of events delivered or passed."""
+        cursors = self.lease()
+        if not cursors:
+            return 0
+        if self.pool is None:
+            return sum(self.deliver(cursor) for cursor in cursors)
+        return sum(self.pool.map(self.deliver, cursors))
+
+    def lease(self) -> list[DeliveryCursor]:
+        now = now_us()
+        due = DeliveryCursor.objects.filter(
+            subscription__enabled=True, next_attempt_at__lte=now
+        ).filter(models_lease_free(self.owner, now))
+        ids = list(due.values_list("id", flat=True)[:256])
+        if not ids:
+            return []
+        DeliveryCursor.objects.filter(id__in=ids).filter(models_lease_free(self.owner, now)).update(
+            lease_owner=self.owner, lease_until=now + LEASE_S * 1_000_000
+        )
+        return list(
+            DeliveryCursor.objects.select_related("subscription").filter(
+                id__in=ids, lease_owner=self.owner
+            )
+        )
+
+    def deliver(self, cursor: DeliveryCursor) -> int:
+        """Deliver one partition of one subscription from its cursor, until it is drained,
+        an event fails, or a batch is done; save the cursor. Returns events handled."""
+        subscription = cursor.subscription
+        events = list(
+            OutboxEvent.objects.filter(
+                connector_id=subscription.connector_id,
+                partition=cursor.partition,
+                id__gt=cursor.last_id,
+            ).order_by("id")[:BATCH]
+        )
+        handled = delivered = 0
+        error = ""
+        leased_at = time.monotonic()
+        for event in events:
+            if time.monotonic() - leased_at > LEASE_S / 3:
+                if not self._renew(cursor):
+                    return handled  # another relay has the partition now: stop here
+                leased_at = time.monotonic()
+            if subscription.types and event.type not in subscription.types:
+                cursor.last_id, handled = event.id, handled + 1
+                continue
+            body = json.dumps(outbox.event_json(event)).encode()
+            status, retry_after, excerpt = None, None, ""
+            try:
+                reply = send(subscription, f"evt_{event.id}", body)
+                status, retry_after, excerpt = reply.status, reply.retry_after, reply.excerpt
+            except webhooks.DeliveryError as exc:
+                error = str(exc)
+            if status is not None and 200 <= status < 300:
+                cursor.last_id, cursor.attempts, cursor.failing_since = event.id, 0, None
+                handled, delivered = handled + 1, delivered + 1
+                continue
+            if status == 410:
+                self._disable(subscription, "the receiver answered 410 Gone")
+                break
+            error = error or f"HTTP {status}: {excerpt[:200]}"
+            self._failed(cursor, event, body, status, error, excerpt, retry_after)
+            break
+        self._save(cursor, subscription, delivered, error)
+        return handled
+
+    def _renew(self, cursor: DeliveryCursor) -> bool:
+        until = now_us() + LEASE_S * 1_000_000
+        renewed = DeliveryCursor.objects.filter(pk=cursor.pk, lease_owner=self.owner).update(
+            lease_until=until
+        )
+        return renewed == 1
+
+    def _failed(self, cursor, event, body, status, error, excerpt, retry_after) -> None:
+        now = now_us()
+        cursor.attempts += 1
+        cursor.failing_since = cursor.failing_since or now
+        if now - cursor.failing_since >= settings.EVENTS_RETRY_SECONDS * 1_000_000:
+            DeadLetter.objects.create(
+                subscription_id=cursor.subscription_id,
+                event_id=event.id,
+                body=body.decode(),
+                attempts=cursor.attempts,
+                last_status=status,
+                last_error=error[:500],
+                last_response=excerpt[:1000],
+            )
+            cursor.last_id, cursor.attempts, cursor.failing_since = event.id, 0, None
+            cursor.next_attempt_at = 0
+            return
+        wait = backoff_s(cursor.attempts, retry_after)
+        cursor.next_attempt_at = now + int(wait * 1_000_000)
+
+    def _save(self, cursor, subscription, delivered: int, error: str) -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            DeliveryCursor.objects.filter(pk=cursor.pk, lease_owner=self.owner).update(
+                last_id=cursor.last_id,
+                attempts=cursor.attempts,
+                failing_since=cursor.failing_since,
+                next_attempt_at=cursor.next_attempt_at,
+            )
+            health = {}
+            if delivered:
+                health |= {"last_success_at": now, "delivered": F("delivered") + delivered}
+            if error:
+                health |= {"last_error_at": now, "last_error": error[:500]}
+            if health:
+                Subscription.objects.filter(pk=subscription.pk).update(**health)
+
+    def _disable(self, subscription: Subscription, reason: str) -> None:
+        from connector import subscriptions
+
+        subscriptions.disable(subscription, reason)
+
+
+def models_lease_free(owner: str, now: int):
+    from django.db.models import Q
+
+    return Q(lease_owner=owner) | Q(lease_until__lt=now)
+
+
+_running: Relay | None = None
+
+
+def start_in_process(initializer: Callable[[], None] | None = None) -> Relay | None:
+    """The relay of this server process (EVENTS_RELAY), started once."""
+    global _running
+    if not settings.EVENTS_RELAY or _running is not None:
+        return _running
+    _running = Relay(initializer=initializer).start()
+    return _running
+
+
+def stop_in_process() -> None:
+    global _running
+    if _running is not None:
+        _running.stop()
+        _running = None

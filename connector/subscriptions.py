@@ -1,0 +1,309 @@
+"""Event subscriptions: one service function per change, shared by the API and the pages.
+
+Creating, enabling or removing a subscription keeps `Connector.events_enabled` true exactly
+while the connector has an enabled one (the store adds outbox rows only then), and gives a
+new subscription one cursor per partition starting after the newest outbox row: it hears
+what happens from now on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from connector import events, keys, outbox, webhooks
+from connector.models import (
+    Connector,
+    DeadLetter,
+    DeliveryCursor,
+    EventType,
+    OutboxEvent,
+    Subscription,
+    now_us,
+)
+
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+RESERVED_HEADERS = {
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+}
+MAX_HEADERS = 20
+ROTATION_OVERLAP = dt.timedelta(hours=24)
+
+
+class InvalidSubscription(ValueError):
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def check(data: Any, *, partial: bool = False) -> dict[str, Any]:
+    """The subscription fields of a JSON body, checked; raises InvalidSubscription naming
+    each wrong field by its JSON path."""
+    if not isinstance(data, dict):
+        raise InvalidSubscription({"non_field_errors": "Send a JSON object."})
+    errors: dict[str, str] = {}
+    clean: dict[str, Any] = {}
+    for key in set(data) - {"types", "webhook", "enabled"}:
+        errors[key] = "Unknown field."
+    if "types" in data:
+        types = data["types"]
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            errors["types"] = "Give a list of event types."
+        elif unknown := [t for t in types if t not in outbox.TYPES]:
+            errors["types"] = f"Unknown type {unknown[0][:40]!r}; use {', '.join(outbox.TYPES)}."
+        else:
+            clean["types"] = sorted(set(types))
+    if "enabled" in data:
+        if not isinstance(data["enabled"], bool):
+            errors["enabled"] = "Must be true or false."
+        else:
+            clean["enabled"] = data["enabled"]
+    webhook = data.get("webhook")
+    if webhook is None and not partial:
+        errors["webhook"] = 'Give a destination: {"url": "https://…"}.'
+    elif webhook is not None:
+        if not isinstance(webhook, dict):
+            errors["webhook"] = "Must be an object."
+        else:
+            for key in set(webhook) - {"url", "headers"}:
+                errors[f"webhook.{key}"] = "Unknown field."
+            url = webhook.get("url")
+            if not isinstance(url, str) or not url:
+                errors["webhook.url"] = "Give the receiver's URL."
+            elif reason := webhooks.url_error(url):
+                errors["webhook.url"] = reason[0].upper() + reason[1:] + "."
+            else:
+                clean["url"] = url
+            headers = webhook.get("headers", {})
+            if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
+                errors["webhook.headers"] = f"An object of at most {MAX_HEADERS} headers."
+            else:
+                for name, value in headers.items():
+                    if not HEADER_NAME.fullmatch(name) or name.lower() in RESERVED_HEADERS:
+                        errors[f"webhook.headers.{name[:40]}"] = "Not a header this may set."
+                    elif (
+                        not isinstance(value, str)
+                        or len(value) > 4000
+                        or any(c in value for c in "\r\n\x00")
+                    ):
+                        errors[f"webhook.headers.{name}"] = "A one-line text value."
+                clean["headers"] = headers
+    if errors:
+        raise InvalidSubscription(errors)
+    return clean
+
+
+def _refresh_flag(connector_id: str) -> None:
+    on = Subscription.objects.filter(connector_id=connector_id, enabled=True).exists()
+    Connector.objects.filter(pk=connector_id).update(events_enabled=on)
+
+
+def _cursors_from_now(subscription: Subscription) -> None:
+    from django.conf import settings
+
+    newest = OutboxEvent.objects.aggregate(newest=Max("id"))["newest"] or 0
+    DeliveryCursor.objects.bulk_create(
+        [
+            DeliveryCursor(subscription=subscription, partition=p, last_id=newest)
+            for p in range(settings.EVENTS_PARTITIONS)
+        ]
+    )
+
+
+def create(
+    connector: Connector, data: Any, *, actor=None, source_ip=None
+) -> tuple[Subscription, str]:
+    """A new subscription and its signing secret (returned once, stored encrypted)."""
+    clean = check(data)
+    secret = webhooks.new_secret()
+    with transaction.atomic():
+        subscription = Subscription.objects.create(
+            connector=connector,
+            types=clean.get("types", []),
+            url=clean["url"],
+            headers_encrypted=keys.encrypt(json.dumps(clean["headers"]))
+            if clean.get("headers")
+            else "",
+            secret_encrypted=keys.encrypt(secret),
+            enabled=clean.get("enabled", True),
+            created_by=actor if actor is not None and actor.is_authenticated else None,
+        )
+        _cursors_from_now(subscription)
+        _refresh_flag(connector.pk)
+        events.record(
+            connector,
+            EventType.SETTINGS_CHANGED,
+            f"Event subscription {subscription.id} created ({_host(subscription.url)})",
+            actor=actor,
+            source_ip=source_ip,
+            payload={"subscription": subscription.id, "types": subscription.types},
+        )
+    return subscription, secret
+
+
+def update(subscription: Subscription, data: Any, *, actor=None, source_ip=None) -> None:
+    clean = check(data, partial=True)
+    fields = []
+    if "types" in clean:
+        subscription.types, fields = clean["types"], [*fields, "types"]
+    if "url" in clean:
+        subscription.url, fields = clean["url"], [*fields, "url"]
+    if "headers" in clean:
+        subscription.headers_encrypted = (
+            keys.encrypt(json.dumps(clean["headers"])) if clean["headers"] else ""
+        )
+        fields.append("headers_encrypted")
+    if "enabled" in clean:
+        subscription.enabled = clean["enabled"]
+        if clean["enabled"]:
+            subscription.disabled_reason = ""
+        fields += ["enabled", "disabled_reason"]
+    with transaction.atomic():
+        if fields:
+            subscription.save(update_fields=fields)
+        _refresh_flag(subscription.connector_id)
+        events.record(
+            subscription.connector_id,
+            EventType.SETTINGS_CHANGED,
+            f"Event subscription {subscription.id} changed: {', '.join(sorted(clean))}",
+            actor=actor,
+            source_ip=source_ip,
+            payload={"subscription": subscription.id, "changed": sorted(clean)},
+        )
+
+
+def rotate_secret(subscription: Subscription, *, actor=None) -> str:
+    """A new secret; the old one keeps signing beside it for ROTATION_OVERLAP."""
+    secret = webhooks.new_secret()
+    with transaction.atomic():
+        subscription.previous_secret_encrypted = subscription.secret_encrypted
+        subscription.previous_until = timezone.now() + ROTATION_OVERLAP
+        subscription.secret_encrypted = keys.encrypt(secret)
+        subscription.save(
+            update_fields=["previous_secret_encrypted", "previous_until", "secret_encrypted"]
+        )
+        events.record(
+            subscription.connector_id,
+            EventType.SETTINGS_CHANGED,
+            f"Event subscription {subscription.id}: signing secret rotated",
+            actor=actor,
+            payload={"subscription": subscription.id},
+        )
+    return secret
+
+
+def delete(subscription: Subscription, *, actor=None, source_ip=None) -> None:
+    with transaction.atomic():
+        connector_id = subscription.connector_id
+        subscription.delete()
+        _refresh_flag(connector_id)
+        events.record(
+            connector_id,
+            EventType.SETTINGS_CHANGED,
+            f"Event subscription {subscription.id} deleted",
+            actor=actor,
+            source_ip=source_ip,
+            payload={"subscription": subscription.id},
+        )
+
+
+def disable(subscription: Subscription, reason: str) -> None:
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(
+            enabled=False, disabled_reason=reason[:300]
+        )
+        _refresh_flag(subscription.connector_id)
+        events.record(
+            subscription.connector_id,
+            EventType.SETTINGS_CHANGED,
+            f"Event subscription {subscription.id} disabled: {reason}",
+            payload={"subscription": subscription.id, "reason": reason},
+        )
+
+
+def send_test(subscription: Subscription) -> dict[str, Any]:
+    """Send one test event now (not through the outbox); what the receiver answered."""
+    from connector import relay
+
+    event = {
+        "id": f"evt_test_{keys.new_token(16)}",
+        "type": "test",
+        "connector": subscription.connector_id,
+        "identity": None,
+        "ip": None,
+        "protocol": None,
+        "timestamp": now_us(),
+        "connection_id": None,
+        "payload": [],
+    }
+    body = json.dumps(event).encode()
+    try:
+        reply = relay.send(subscription, event["id"], body)
+    except webhooks.DeliveryError as exc:
+        return {"id": event["id"], "delivered": False, "status": None, "error": str(exc)}
+    ok = 200 <= reply.status < 300
+    return {
+        "id": event["id"],
+        "delivered": ok,
+        "status": reply.status,
+        "error": None if ok else reply.excerpt[:300],
+    }
+
+
+def health(subscription: Subscription) -> dict[str, Any]:
+    cursors = list(subscription.cursors.all())
+    backlog = 0
+    for cursor in cursors:
+        backlog += OutboxEvent.objects.filter(
+            connector_id=subscription.connector_id,
+            partition=cursor.partition,
+            id__gt=cursor.last_id,
+        ).count()
+    return {
+        "last_success": subscription.last_success_at,
+        "last_error": subscription.last_error or None,
+        "last_error_at": subscription.last_error_at,
+        "delivered": subscription.delivered,
+        "backlog": backlog,
+        "dead_letters": DeadLetter.objects.filter(
+            subscription=subscription, replayed_at__isnull=True
+        ).count(),
+        "retrying": sum(1 for c in cursors if c.attempts),
+    }
+
+
+def as_json(subscription: Subscription) -> dict[str, Any]:
+    """Never the secret nor the headers' values (they may hold credentials): their names."""
+    names = (
+        list(json.loads(keys.decrypt(subscription.headers_encrypted)))
+        if (subscription.headers_encrypted)
+        else []
+    )
+    return {
+        "id": subscription.id,
+        "types": subscription.types,
+        "webhook": {"url": subscription.url, "headers": names},
+        "enabled": subscription.enabled,
+        "disabled_reason": subscription.disabled_reason or None,
+        "created": subscription.created_at,
+        "health": health(subscription),
+    }
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or "?"

@@ -1,0 +1,102 @@
+"""Management API for event subscriptions (SPEC.md section 10):
+`/api:1/service/<connector-id>/events/subscription[/<id>[/test|/rotate]]`."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from connector import subscriptions
+from connector.api import user_connector
+from connector.models import Subscription
+from connector.openapi import ref
+
+
+def _subscription(request: Request, connector_id: str, subscription_id: str) -> Subscription:
+    connector = user_connector(request, connector_id)
+    return get_object_or_404(Subscription, connector=connector, pk=subscription_id)
+
+
+def _ip(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def _invalid(exc: subscriptions.InvalidSubscription) -> Response:
+    return Response(exc.errors, status=400)
+
+
+class SubscriptionListView(APIView):
+    @extend_schema(operation_id="subscription_list", responses={200: ref("SubscriptionList")})
+    def get(self, request: Request, connector_id: str) -> Response:
+        connector = user_connector(request, connector_id)
+        found = Subscription.objects.filter(connector=connector)
+        return Response([subscriptions.as_json(s) for s in found])
+
+    @extend_schema(
+        request={"application/json": ref("SubscriptionIn")},
+        responses={201: OpenApiResponse(ref("SubscriptionCreated"), "the secret, shown once")},
+    )
+    def post(self, request: Request, connector_id: str) -> Response:
+        connector = user_connector(request, connector_id)
+        try:
+            subscription, secret = subscriptions.create(
+                connector,
+                request.data,
+                actor=request.user,
+                source_ip=_ip(request),
+            )
+        except subscriptions.InvalidSubscription as exc:
+            return _invalid(exc)
+        return Response({"id": subscription.id, "secret": secret}, status=201)
+
+
+class SubscriptionView(APIView):
+    @extend_schema(responses={200: ref("Subscription")})
+    def get(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        return Response(subscriptions.as_json(subscription))
+
+    @extend_schema(
+        request={"application/json": ref("SubscriptionPatch")},
+        responses={200: ref("Subscription")},
+    )
+    def patch(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        try:
+            subscriptions.update(
+                subscription,
+                request.data,
+                actor=request.user,
+                source_ip=_ip(request),
+            )
+        except subscriptions.InvalidSubscription as exc:
+            return _invalid(exc)
+        subscription.refresh_from_db()
+        return Response(subscriptions.as_json(subscription))
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        subscriptions.delete(subscription, actor=request.user, source_ip=_ip(request))
+        return Response(status=204)
+
+
+class SubscriptionTestView(APIView):
+    @extend_schema(request=None, responses={200: ref("TestDelivery")})
+    def post(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        return Response(subscriptions.send_test(subscription))
+
+
+class SubscriptionRotateView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: OpenApiResponse(ref("SubscriptionCreated"), "the new secret, shown once")},
+    )
+    def post(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        secret = subscriptions.rotate_secret(subscription, actor=request.user)
+        return Response({"id": subscription.id, "secret": secret})

@@ -1,0 +1,440 @@
+"""Device events delivered to applications (issue #15, SPEC.md section 10): the transactional
+outbox, the relay and signed webhooks, end to end against the production server (gunicorn,
+its in-process relay) and a real receiver, on SQLite and PostgreSQL.
+
+Receivers verify signatures with the published `standardwebhooks` library.
+"""
+
+import base64
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from connector import outbox, relay, webhooks
+from connector.models import OutboxEvent
+from devices.models import Device, DeviceActivity
+from tests.test_long_poll import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+EMAIL, PASSWORD = "events@example.com", "a long events passphrase"
+FORM = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+
+
+def admin_auth() -> str:
+    return "Basic " + base64.b64encode(f"{EMAIL}:{PASSWORD}".encode()).decode()
+
+
+class Receiver:
+    """An HTTP receiver in the test: records every delivery; answers `status` (settable)."""
+
+    def __init__(self):
+        self.received: list[tuple[dict, bytes]] = []
+        self.status = 204
+        self.extra_headers: dict[str, str] = {}
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status = owner.status
+                if 200 <= status < 300:
+                    with owner.lock:
+                        owner.received.append((dict(self.headers.items()), body))
+                self.send_response(status)
+                for name, value in owner.extra_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(body) for _headers, body in self.received]
+
+    def wait_for(self, count: int, timeout: float = 30) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events()
+            if len({e["id"] for e in found}) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{len(self.events())} events arrived, expected {count}")
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Line:
+    """A connector on a running production server, driven over HTTP as a factory script,
+    its devices and an application would."""
+
+    def __init__(self, server, connector_id: str):
+        self.server, self.id = server, connector_id
+        self.host = f"{connector_id}.localhost"
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Authorization": admin_auth(), **kwargs.pop("headers", {})}
+        return requests.request(
+            method, f"{self.server.url}/api:1{path}", headers=headers, timeout=20, **kwargs
+        )
+
+    def subscribe(self, url: str, **fields) -> dict:
+        body = {"webhook": {"url": url}, **fields}
+        created = self.api("POST", f"/service/{self.id}/events/subscription", json=body)
+        assert created.status_code == 201, created.text
+        return created.json()
+
+    def whitelist(self, identity: str) -> None:
+        response = self.api("PUT", f"/service/{self.id}/device2/identity/{identity}", json={})
+        assert response.status_code == 204, response.text
+
+    def device(self, method: str, path: str, data="", **headers) -> requests.Response:
+        return requests.request(
+            method,
+            f"{self.server.url}{path}",
+            data=data,
+            headers={"Host": self.host, **FORM, **headers},
+            timeout=20,
+        )
+
+    def activate(self, identity: str) -> str:
+        response = self.device("POST", "/provision/activate", f"id={identity}")
+        assert response.status_code == 200, response.text
+        return response.text
+
+    def write(self, token: str, body: str) -> int:
+        return self.device(
+            "POST", "/onep:v1/stack/alias", body, **{"X-Exosite-CIK": token}
+        ).status_code
+
+
+def server_env(tmp_path) -> dict:
+    from django.db import connection
+
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {
+        "DATA_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "iotconnector.settings",
+        "EVENTS_RELAY": "true",
+        "EVENTS_POLL_INTERVAL": "0.05",
+        "EVENTS_ALLOW_PRIVATE_URLS": "true",
+        "EVENTS_TIMEOUT": "2",
+    }
+    if connection.vendor == "postgresql":
+        params = connection.settings_dict
+        env["DATABASE_URL"] = (
+            f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+        )
+    return env
+
+
+SEED = """
+import json, django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from connector.models import User
+from connector.services import create_connector
+from devices.resources import check_definitions
+connector = create_connector(User.objects.create_user({email!r}, {password!r}), "Events")
+connector.devmode = True
+connector.resources = check_definitions(
+    {{"temp": {{"format": "number"}}, "setpoint": {{"format": "number", "settable": True}}}}
+)
+connector.resources_version += 1
+connector.save()
+print(json.dumps({{"connector": connector.id}}))
+"""
+
+
+@pytest.fixture
+def line(tmp_path, transactional_db):
+    env = server_env(tmp_path)
+    seed = SEED.format(email=EMAIL, password=PASSWORD)
+    out = subprocess.run(
+        [sys.executable, "-c", seed], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    connector_id = json.loads(out.stdout.strip().splitlines()[-1])["connector"]
+    server = ServerProcess(env.get("DATABASE_URL"), env)
+    yield Line(server, connector_id), env
+    server.stop()
+
+
+@pytest.fixture
+def receiver():
+    found = Receiver()
+    yield found
+    found.close()
+
+
+def test_the_tutorial_flow_arrives_signed_in_murano_shape(line, receiver):
+    line, _env = line
+    created = line.subscribe(receiver.url)
+    assert created["secret"].startswith("whsec_") and created["id"].startswith("sub_")
+    line.whitelist("00000001")
+    token = line.activate("00000001")
+    assert line.write(token, "temp=21.5&undefined_alias=x") == 204
+    set_value = line.api(
+        "PATCH", f"/service/{line.id}/device2/identity/00000001/state", json={"setpoint": 19}
+    )
+    assert set_value.status_code == 204
+    assert line.api("DELETE", f"/service/{line.id}/device2/identity/00000001").status_code == 205
+    found = receiver.wait_for(4)
+    assert [e["type"] for e in found] == ["provisioned", "data_in", "data_out", "deleted"]
+    provisioned, data_in, data_out, deleted = found
+    assert set(data_in) == {
+        "id",
+        "type",
+        "connector",
+        "identity",
+        "ip",
+        "protocol",
+        "timestamp",
+        "connection_id",
+        "payload",
+    }
+    assert data_in["connector"] == line.id and data_in["identity"] == "00000001"
+    assert data_in["protocol"] == "http" and data_in["ip"] == "127.0.0.1"
+    assert data_in["connection_id"] is None
+    # Every alias as the device sent it, defined or not (SPEC.md section 10).
+    assert data_in["payload"] == [
+        {"timestamp": data_in["timestamp"], "values": {"temp": "21.5", "undefined_alias": "x"}}
+    ]
+    assert data_out["payload"][0]["values"] == {"setpoint": "19"}
+    assert provisioned["payload"] == [] and deleted["payload"] == []
+    assert len({e["id"] for e in found}) == 4
+    # Each delivery verifies with the receiver's library; a tampered body does not.
+    hook = Webhook(created["secret"])
+    for headers, body in receiver.received:
+        lower = {k.lower(): v for k, v in headers.items()}
+        assert hook.verify(body, lower)["id"] == lower["webhook-id"]
+    headers, body = receiver.received[1]
+    with pytest.raises(WebhookVerificationError):
+        hook.verify(body.replace(b"21.5", b"99.9"), {k.lower(): v for k, v in headers.items()})
+
+
+def test_a_receiver_down_for_a_while_gets_everything_in_order_per_device(line, receiver):
+    line, _env = line
+    line.subscribe(receiver.url, types=["data_in"])
+    tokens = {}
+    for n in range(3):
+        identity = f"dev-{n}"
+        line.whitelist(identity)
+        tokens[identity] = line.activate(identity)
+    receiver.status = 503
+    receiver.extra_headers = {"Retry-After": "1"}
+    for step in range(10):
+        for token in tokens.values():
+            assert line.write(token, f"temp={step}") == 204
+    time.sleep(1.5)  # the relay is retrying, backing off
+    assert receiver.events() == []
+    receiver.status = 204
+    found = receiver.wait_for(30, timeout=60)
+    for identity in tokens:
+        values = [e["payload"][0]["values"]["temp"] for e in found if e["identity"] == identity]
+        assert values == [str(step) for step in range(10)], identity
+    health = line.api("GET", f"/service/{line.id}/events/subscription").json()[0]["health"]
+    assert health["delivered"] >= 30 and health["backlog"] == 0
+    assert "503" in (health["last_error"] or "")
+
+
+def test_kill_9_of_the_server_mid_stream_loses_no_acknowledged_event(line, receiver, tmp_path):
+    line, env = line
+    line.subscribe(receiver.url, types=["data_in"])
+    line.whitelist("dev-k")
+    token = line.activate("dev-k")
+    receiver.status = 503  # nothing is delivered yet: everything is in the outbox
+    acknowledged = [n for n in range(40) if line.write(token, f"temp={n}") == 204]
+    assert len(acknowledged) == 40
+    os.kill(line.server.process.pid, signal.SIGKILL)
+    for pid in _children(line.server.process.pid):
+        os.kill(pid, signal.SIGKILL)
+    line.server.process.wait(10)
+    time.sleep(0.5)
+    receiver.status = 204
+    restarted = ServerProcess(env.get("DATABASE_URL"), env)
+    try:
+        found = receiver.wait_for(40, timeout=60)
+    finally:
+        restarted.stop()
+    values = [e["payload"][0]["values"]["temp"] for e in found]
+    first_seen = list(dict.fromkeys(values))
+    assert first_seen == [str(n) for n in acknowledged]  # all of them, in order
+    by_id = {}
+    for event in found:  # a duplicate is the same event under the same id
+        assert by_id.setdefault(event["id"], event) == event
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_410_gone_disables_the_subscription(line, receiver):
+    line, _env = line
+    created = line.subscribe(receiver.url)
+    receiver.status = 410
+    line.whitelist("dev-g")
+    line.activate("dev-g")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = line.api("GET", f"/service/{line.id}/events/subscription/{created['id']}").json()
+        if not found["enabled"]:
+            break
+        time.sleep(0.1)
+    assert found["enabled"] is False and "410" in found["disabled_reason"]
+
+
+def test_the_test_event_reports_what_the_receiver_answered(line, receiver):
+    line, _env = line
+    created = line.subscribe(receiver.url)
+    sent = line.api("POST", f"/service/{line.id}/events/subscription/{created['id']}/test")
+    assert sent.status_code == 200 and sent.json()["delivered"] is True
+    assert receiver.events()[0]["type"] == "test"
+    receiver.status = 500
+    failed = line.api("POST", f"/service/{line.id}/events/subscription/{created['id']}/test")
+    assert failed.json() == {**failed.json(), "delivered": False, "status": 500}
+
+
+def test_the_secret_is_shown_once_and_rotation_signs_with_both(line, receiver):
+    line, _env = line
+    created = line.subscribe(
+        receiver.url, webhook={"url": receiver.url, "headers": {"X-Key": "k1"}}
+    )
+    shown = line.api("GET", f"/service/{line.id}/events/subscription/{created['id']}").json()
+    assert "secret" not in json.dumps(shown) and "k1" not in json.dumps(shown)
+    assert shown["webhook"]["headers"] == ["X-Key"]
+    rotated = line.api("POST", f"/service/{line.id}/events/subscription/{created['id']}/rotate")
+    new_secret = rotated.json()["secret"]
+    assert new_secret != created["secret"]
+    line.api("POST", f"/service/{line.id}/events/subscription/{created['id']}/test")
+    headers, body = receiver.received[-1]
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["x-key"] == "k1"
+    assert len(lower["webhook-signature"].split(" ")) == 2
+    for secret in (created["secret"], new_secret):  # receivers on either secret verify
+        Webhook(secret).verify(body, lower)
+
+
+# --- In the test process: the outbox and the destination rules -----------------------------
+
+
+def test_a_webhook_to_a_private_address_is_refused_unless_allowed(settings):
+    settings.EVENTS_ALLOW_PRIVATE_URLS = False
+    for url in [
+        "https://127.0.0.1/x",
+        "https://10.1.2.3/x",
+        "https://169.254.169.254/latest",
+        "https://[::1]/x",
+        "https://[::ffff:127.0.0.1]/x",
+        "http://example.com/x",
+        "https://user:pw@example.com/x",
+        "ftp://example.com/x",
+    ]:
+        assert webhooks.url_error(url), url
+    assert webhooks.url_error("https://example.com/hooks") is None
+    # After DNS resolution: a name that resolves to loopback is refused at delivery.
+    with pytest.raises(webhooks.DeliveryError, match="private, loopback"):
+        webhooks.post("https://localhost:9/x", b"{}", {})
+    settings.EVENTS_ALLOW_PRIVATE_URLS = True
+    assert webhooks.url_error("http://127.0.0.1:9/x") is None
+
+
+def test_a_private_url_is_a_400_from_the_api(api, connector, settings):
+    settings.EVENTS_ALLOW_PRIVATE_URLS = False
+    response = api.post(
+        f"/api:1/service/{connector.id}/events/subscription",
+        {"webhook": {"url": "https://192.168.1.10/hook"}},
+        format="json",
+    )
+    assert response.status_code == 400 and "private" in response.json()["webhook.url"]
+
+
+def test_the_signature_is_standard_webhooks():
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    body = b'{"a": 1}'
+    signature = webhooks.sign(secret, "evt_1", 1_700_000_000, body)
+    expected = Webhook(secret).sign(
+        "evt_1",
+        __import__("datetime").datetime.fromtimestamp(1_700_000_000, tz=__import__("datetime").UTC),
+        body.decode(),
+    )
+    assert signature == expected
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after():
+    waits = [relay.backoff_s(n) for n in range(1, 15)]
+    assert all(
+        0.5 * min(2 ** (n - 1), 3600) <= w <= 1.5 * min(2 ** (n - 1), 3600)
+        for n, w in zip(range(1, 15), waits, strict=True)
+    )
+    assert relay.backoff_s(1, retry_after=120) >= 120
+    assert relay.backoff_s(1, retry_after=10**9) <= 86400
+
+
+def test_a_write_batch_that_rolls_back_leaves_no_outbox_row(transactional_db, connector):
+    """The outbox row is written in the write's own transaction: stored writes add one each,
+    a batch that fails adds none (tests/test_store.py's failing batch)."""
+    from devices import services as device_services
+    from provisioning import services, store
+    from provisioning.connectors import load
+    from tests.conftest import define
+
+    define(connector, "temp")
+    connector.events_enabled = True
+    connector.save(update_fields=["events_enabled"])
+    device_services.whitelist_device(connector, "o-1")
+    token = services.activate_device(connector, "o-1", None, "127.0.0.1", secure=True).body
+    assert list(OutboxEvent.objects.values_list("type", flat=True)) == ["provisioned"]
+    entry, _failures = load(connector.pk, "127.0.0.1")
+    job = services.token_write(entry, token, [("temp", "5")], "127.0.0.1", secure=True).job
+    assert store.execute([job]) == [store.STORED]
+    stored = OutboxEvent.objects.filter(type="data_in").get()
+    assert json.loads(stored.payload)[0]["values"] == {"temp": "5"}
+    device_id = Device.objects.get(identity="o-1").pk
+    assert stored.partition == outbox.partition_of(device_id)  # one device, one partition
+    device_services.whitelist_device(connector, "o-2")
+    other = services.activate_device(connector, "o-2", None, "127.0.0.1", secure=True).body
+    DeviceActivity.objects.filter(device__identity="o-2").delete()  # never seen, so far
+    before = OutboxEvent.objects.count()
+    good = services.token_write(entry, token, [("temp", "6")], "127.0.0.1", secure=True).job
+    broken = services.token_write(entry, other, [("temp", "7")], "127.0.0.1", secure=True).job
+    broken.now = None  # a value without a timestamp: the whole batch fails and rolls back
+    assert store.execute([good, broken]) == [store.UNSTORED, store.UNSTORED]
+    assert OutboxEvent.objects.count() == before
+
+
+def test_no_outbox_row_without_an_enabled_subscription(transactional_db, connector):
+    from devices import services as device_services
+    from provisioning import services
+
+    device_services.whitelist_device(connector, "q-1")
+    assert services.activate_device(connector, "q-1", None, "127.0.0.1", secure=True).status == 200
+    assert not OutboxEvent.objects.exists()
