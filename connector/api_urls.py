@@ -50,5 +50,15 @@ urlpatterns = [
         subscriptions_api.SubscriptionRotateView.as_view(),
         name="api-subscription-rotate",
     ),
+    path(
+        "service/<str:connector_id>/events/subscription/<str:subscription_id>/deliveries",
+        subscriptions_api.SubscriptionDeliveriesView.as_view(),
+        name="api-subscription-deliveries",
+    ),
+    path(
+        "service/<str:connector_id>/events/subscription/<str:subscription_id>/replay",
+        subscriptions_api.SubscriptionReplayView.as_view(),
+        name="api-subscription-replay",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -405,6 +405,9 @@ class DeadLetter(models.Model):
     last_error = models.CharField(max_length=500, blank=True, default="")
     last_response = models.CharField(max_length=1000, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
+    # Replay: asked for (the relay sends it again, under the same id), done.
+    replay_requested_at = models.DateTimeField(null=True, blank=True)
+    next_replay_at = models.BigIntegerField(default=0)  # µs; claimed by the relay sending it
     replayed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

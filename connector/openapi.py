@@ -320,6 +320,40 @@ COMPONENTS: dict[str, Schema] = {
             "error": nullable(STRING),
         }
     ),
+    "Deliveries": obj(
+        {
+            "dead": {"type": "array", "items": ref("DeadLetter")},
+            "failed": {"type": "array", "items": ref("Retrying")},
+        },
+        required=False,
+    ),
+    "DeadLetter": obj(
+        {
+            "id": INTEGER,
+            "event": {"type": "object", "additionalProperties": True},
+            "attempts": INTEGER,
+            "last_status": nullable(INTEGER),
+            "last_error": nullable(STRING),
+            "last_response": nullable(STRING),
+            "dead_since": {"type": "string", "format": "date-time"},
+            "replay_requested": nullable({"type": "string", "format": "date-time"}),
+            "replayed": nullable({"type": "string", "format": "date-time"}),
+        }
+    ),
+    "Retrying": obj(
+        {
+            "event": {"type": "object", "additionalProperties": True},
+            "attempts": INTEGER,
+            "failing_since": nullable(MICROSECONDS),
+            "next_attempt": MICROSECONDS,
+            "last_error": nullable(STRING),
+        }
+    ),
+    "ReplayIn": obj(
+        {"ids": {"type": "array", "items": INTEGER, "description": "none: every dead letter"}},
+        required=False,
+    ),
+    "ReplayAccepted": obj({"replaying": INTEGER}),
     "FieldErrors": {
         "type": "object",
         "additionalProperties": STRING,

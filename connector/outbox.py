@@ -132,3 +132,29 @@ def event_json(event: OutboxEvent | Any) -> dict[str, Any]:
         "connection_id": None,
         "payload": json.loads(event.payload),
     }
+
+
+def prune(days: int | None = None) -> int:
+    """Delete outbox rows older than EVENTS_OUTBOX_RETENTION_DAYS that every enabled
+    subscription of their connector has passed, partition by partition (an undelivered row
+    is kept however old: it is still owed; a disabled subscription holds nothing back)."""
+    from django.db.models import Min
+
+    from connector.models import DeliveryCursor, now_us
+
+    days = settings.EVENTS_OUTBOX_RETENTION_DAYS if days is None else days
+    cutoff = now_us() - days * 86_400_000_000
+    old = OutboxEvent.objects.filter(time__lt=cutoff)
+    floors = {
+        (row["subscription__connector_id"], row["partition"]): row["floor"]
+        for row in DeliveryCursor.objects.filter(subscription__enabled=True)
+        .values("subscription__connector_id", "partition")
+        .annotate(floor=Min("last_id"))
+    }
+    deleted = 0
+    for connector_id, partition in old.values_list("connector_id", "partition").distinct():
+        rows = old.filter(connector_id=connector_id, partition=partition)
+        if (floor := floors.get((connector_id, partition))) is not None:
+            rows = rows.filter(id__lte=floor)
+        deleted += rows.delete()[0]
+    return deleted

@@ -25,10 +25,15 @@ class BasicScheme(OpenApiAuthenticationExtension):
 
 
 ERRORS = {
-    "400": ("Bad input: each wrong field (or JSON path) with what is wrong", "FieldErrors"),
+    "400": (
+        "Bad input: each wrong field (or JSON path) with what is wrong; a malformed HTTP"
+        " request: the parser's one line (text/plain)",
+        "FieldErrors",
+    ),
     "401": ("No credentials, or wrong ones", "Detail"),
     "403": ("Refused: a cross-site browser write", "Detail"),
     "404": ("No such connector or identity (another user's connector is a 404 too)", "Detail"),
+    "415": ("The body's Content-Type is not one this operation reads", "Detail"),
     "429": ("Too many failed sign-ins from this address: wait Retry-After seconds", "Detail"),
 }
 
@@ -45,6 +50,8 @@ def complete(result, generator, request, public):
             codes = ["400", "401", "403", "429"]
             if "{" in path:
                 codes.append("404")
+            if "requestBody" in operation:
+                codes.append("415")
             if path == "/api:1/token/" and method == "post":
                 codes = ["400", "403", "429"]  # a refused sign-in there is its own 401 below
             for code in codes:
@@ -56,6 +63,10 @@ def complete(result, generator, request, public):
                         "content": {"application/json": {"schema": ref(schema)}},
                     },
                 )
+            if "400" in responses:  # malformed HTTP is refused by the server's parser itself
+                responses["400"].setdefault("content", {})["text/plain"] = {
+                    "schema": {"type": "string"}
+                }
             if "429" in responses:
                 responses["429"]["headers"] = {
                     "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}

@@ -307,3 +307,64 @@ def _host(url: str) -> str:
     from urllib.parse import urlsplit
 
     return urlsplit(url).hostname or "?"
+
+
+def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "event": json.loads(letter.body),
+        "attempts": letter.attempts,
+        "last_status": letter.last_status,
+        "last_error": letter.last_error or None,
+        "last_response": letter.last_response or None,
+        "dead_since": letter.created_at,
+        "replay_requested": letter.replay_requested_at,
+        "replayed": letter.replayed_at,
+    }
+
+
+def failing_json(subscription: Subscription) -> list[dict[str, Any]]:
+    """The events being retried now: one per partition held back, with its last error."""
+    found = []
+    for cursor in subscription.cursors.filter(attempts__gt=0).order_by("partition"):
+        event = (
+            OutboxEvent.objects.filter(
+                connector_id=subscription.connector_id,
+                partition=cursor.partition,
+                id__gt=cursor.last_id,
+            )
+            .order_by("id")
+            .first()
+        )
+        if event is not None:
+            found.append(
+                {
+                    "event": outbox.event_json(event),
+                    "attempts": cursor.attempts,
+                    "failing_since": cursor.failing_since,
+                    "next_attempt": cursor.next_attempt_at,
+                    "last_error": subscription.last_error or None,
+                }
+            )
+    return found
+
+
+def request_replay(subscription: Subscription, ids: list[int] | None, *, actor=None) -> int:
+    """Ask the relay to send these dead letters again (all not yet replayed when `ids` is
+    None); the number asked for."""
+    letters = DeadLetter.objects.filter(subscription=subscription, replayed_at__isnull=True)
+    if ids is not None:
+        letters = letters.filter(pk__in=ids)
+    with transaction.atomic():
+        count = letters.update(replay_requested_at=timezone.now(), next_replay_at=0)
+        if count:
+            events.record(
+                subscription.connector_id,
+                EventType.SETTINGS_CHANGED,
+                f"Event subscription {subscription.id}: replay of {count} dead letters asked",
+                actor=actor,
+                payload={"subscription": subscription.id, "count": count},
+            )
+    if count:
+        outbox.pending.set()
+    return count

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from connector import subscriptions
 from connector.api import user_connector
-from connector.models import Subscription
+from connector.models import DeadLetter, Subscription
 from connector.openapi import ref
 
 
@@ -100,3 +100,44 @@ class SubscriptionRotateView(APIView):
         subscription = _subscription(request, connector_id, subscription_id)
         secret = subscriptions.rotate_secret(subscription, actor=request.user)
         return Response({"id": subscription.id, "secret": secret})
+
+
+class SubscriptionDeliveriesView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str, enum=["dead", "failed"], required=True)],
+        responses={200: ref("Deliveries")},
+    )
+    def get(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        status = request.query_params.get("status", "")
+        if status == "dead":
+            letters = DeadLetter.objects.filter(subscription=subscription).order_by("-id")[:500]
+            return Response({"dead": [subscriptions.dead_letter_json(d) for d in letters]})
+        if status == "failed":
+            return Response({"failed": subscriptions.failing_json(subscription)})
+        return Response({"status": "Use status=dead or status=failed."}, status=400)
+
+
+class SubscriptionReplayView(APIView):
+    @extend_schema(
+        request={"application/json": ref("ReplayIn")},
+        responses={202: ref("ReplayAccepted")},
+    )
+    def post(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        data = request.data if isinstance(request.data, dict) else None
+        ids = None if data is None else data.get("ids")
+        if (
+            data is None
+            or set(data) - {"ids"}
+            or not (
+                ids is None
+                or (
+                    isinstance(ids, list)
+                    and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+                )
+            )
+        ):
+            return Response({"ids": "Give a list of dead letter ids, or none for all."}, 400)
+        count = subscriptions.request_replay(subscription, ids, actor=request.user)
+        return Response({"replaying": count}, status=202)

@@ -168,7 +168,17 @@ print(json.dumps({{"connector": connector.id}}))
 
 @pytest.fixture
 def line(tmp_path, transactional_db):
-    env = server_env(tmp_path)
+    yield from start_line(tmp_path)
+
+
+@pytest.fixture
+def impatient_line(tmp_path, transactional_db):
+    """A server that gives up on a failing event after one second."""
+    yield from start_line(tmp_path, EVENTS_RETRY_SECONDS="1")
+
+
+def start_line(tmp_path, **extra):
+    env = server_env(tmp_path) | extra
     seed = SEED.format(email=EMAIL, password=PASSWORD)
     out = subprocess.run(
         [sys.executable, "-c", seed], env=env, cwd=ROOT, capture_output=True, text=True
@@ -295,6 +305,39 @@ def _children(pid: int) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_a_dead_letter_is_listed_with_the_last_answer_and_replayed_under_its_id(
+    impatient_line, receiver
+):
+    line, _env = impatient_line
+    created = line.subscribe(receiver.url, types=["provisioned"])
+    base = f"/service/{line.id}/events/subscription/{created['id']}"
+    receiver.status = 500
+    line.whitelist("dev-d")
+    line.activate("dev-d")
+    deadline, dead = time.monotonic() + 20, []
+    while time.monotonic() < deadline and not dead:
+        dead = line.api("GET", f"{base}/deliveries?status=dead").json()["dead"]
+        time.sleep(0.1)
+    assert len(dead) == 1, "the event was not dead-lettered"
+    letter = dead[0]
+    assert letter["event"]["type"] == "provisioned" and letter["last_status"] == 500
+    assert letter["last_response"] == "ok" and letter["attempts"] >= 1
+    assert line.api("GET", f"{base}/deliveries?status=bogus").status_code == 400
+    assert line.api("POST", f"{base}/replay", json={"ids": "all"}).status_code == 400
+    receiver.status = 204
+    replay = line.api("POST", f"{base}/replay", json={"ids": [letter["id"]]})
+    assert replay.status_code == 202 and replay.json() == {"replaying": 1}
+    (event,) = receiver.wait_for(1)
+    assert event["id"] == letter["event"]["id"]  # the same event, under the same id
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done = line.api("GET", f"{base}/deliveries?status=dead").json()["dead"][0]
+        if done["replayed"]:
+            break
+        time.sleep(0.1)
+    assert done["replayed"]
 
 
 def test_410_gone_disables_the_subscription(line, receiver):

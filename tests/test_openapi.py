@@ -53,7 +53,9 @@ def test_every_body_and_answer_is_described():
                     media,
                 )
             for code, answer in operation["responses"].items():
-                for content in answer.get("content", {}).values():
+                for media, content in answer.get("content", {}).items():
+                    if media == "text/plain":
+                        continue  # the HTTP parser's own one-line refusal
                     schema = content["schema"]
                     assert "$ref" in schema or "items" in schema, (method, path, code)
     components = DESCRIPTION["components"]["schemas"]
