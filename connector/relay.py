@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import transaction
@@ -40,11 +41,14 @@ from connector.models import (
     Subscription,
     now_us,
 )
+from provisioning.rows import WRITER_LOCK
 
 log = logging.getLogger(__name__)
 
 LEASE_S = 15
 BATCH = 100
+# When caught up, a relay gathers events this long before its next look (seconds).
+COALESCE_S = 0.05
 MAX_BACKOFF_S = 3600
 
 
@@ -72,18 +76,37 @@ def extra_headers(subscription: Subscription) -> dict[str, str]:
     return json.loads(keys.decrypt(subscription.headers_encrypted))
 
 
+class Destination:
+    """A subscription's receiver for one batch: its secrets and headers decrypted once, one
+    kept-alive connection."""
+
+    def __init__(self, subscription: Subscription):
+        self.secrets = signing_secrets(subscription)
+        self.headers = extra_headers(subscription)
+        self.sender = webhooks.Sender(subscription.url)
+
+    def send(self, msg_id: str, body: bytes) -> webhooks.Reply:
+        """One signed POST (Standard Webhooks headers; `webhook-id` is the event id)."""
+        stamp = int(time.time())
+        headers = {
+            **self.headers,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": webhooks.signature_header(self.secrets, msg_id, stamp, body),
+        }
+        return self.sender.post(body, headers)
+
+    def close(self) -> None:
+        self.sender.close()
+
+
 def send(subscription: Subscription, msg_id: str, body: bytes) -> webhooks.Reply:
-    """One signed POST of `body` (Standard Webhooks headers; `webhook-id` is the event id)."""
-    stamp = int(time.time())
-    headers = {
-        **extra_headers(subscription),
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(stamp),
-        "webhook-signature": webhooks.signature_header(
-            signing_secrets(subscription), msg_id, stamp, body
-        ),
-    }
-    return webhooks.post(subscription.url, body, headers)
+    """One signed POST of `body` on a connection of its own (test events, replays)."""
+    destination = Destination(subscription)
+    try:
+        return destination.send(msg_id, body)
+    finally:
+        destination.close()
 
 
 class Relay:
@@ -118,11 +141,14 @@ class Relay:
         try:
             while not self.stopping.is_set():
                 try:
-                    busy = self.step()
+                    _handled, backlog = self.step()
                 except Exception:  # a failing step must not end the relay
                     log.exception("relay step failed")
-                    busy = 0
-                if not busy:
+                    backlog = False
+                if not backlog:
+                    # Caught up: gather what comes for a moment (fewer, larger batches and
+                    # cursor saves), then look when this process commits or at the poll.
+                    self.stopping.wait(COALESCE_S)
                     outbox.pending.wait(settings.EVENTS_POLL_INTERVAL)
                     outbox.pending.clear()
         finally:
@@ -136,15 +162,20 @@ class Relay:
 
     # --- one pass ----------------------------------------------------------------------------
 
-    def step(self) -> int:
-        """Lease what is due and deliver it; the number of events delivered or passed."""
+    def step(self) -> tuple[int, bool]:
+        """Lease what is due and deliver it: the events delivered or passed, and whether a
+        partition had more than one batch waiting. The cursors moved are saved together,
+        in one transaction (on SQLite, under the store's writer lock)."""
         replayed = self.replay_due()
         cursors = self.lease()
         if not cursors:
-            return replayed
+            return replayed, False
         if self.pool is None:
-            return sum(self.deliver(cursor) for cursor in cursors)
-        return sum(self.pool.map(self.deliver, cursors))
+            outcomes = [self.deliver(cursor) for cursor in cursors]
+        else:
+            outcomes = list(self.pool.map(self.deliver, cursors))
+        self._save_all([o for o in outcomes if o.changed])
+        return replayed + sum(o.handled for o in outcomes), any(o.full for o in outcomes)
 
     def replay_due(self) -> int:
         """Send the dead letters whose replay was asked for, under their own event id. Each
@@ -192,19 +223,28 @@ class Relay:
         due = DeliveryCursor.objects.filter(
             subscription__enabled=True, next_attempt_at__lte=now
         ).filter(models_lease_free(self.owner, now))
-        ids = list(due.values_list("id", flat=True)[:256])
-        if not ids:
+        found = list(due.values_list("id", "lease_owner", "lease_until")[:256])
+        if not found:
             return []
-        DeliveryCursor.objects.filter(id__in=ids).filter(models_lease_free(self.owner, now)).update(
-            lease_owner=self.owner, lease_until=now + LEASE_S * 1_000_000
-        )
+        ids = [cursor_id for cursor_id, _owner, _until in found]
+        # Take free leases and renew ours when half gone: a write only then, not every step.
+        stale = [
+            cursor_id
+            for cursor_id, owner, until in found
+            if owner != self.owner or until < now + LEASE_S * 500_000
+        ]
+        if stale:
+            with WRITER_LOCK.held():
+                DeliveryCursor.objects.filter(id__in=stale).filter(
+                    models_lease_free(self.owner, now)
+                ).update(lease_owner=self.owner, lease_until=now + LEASE_S * 1_000_000)
         return list(
             DeliveryCursor.objects.select_related("subscription").filter(
                 id__in=ids, lease_owner=self.owner
             )
         )
 
-    def deliver(self, cursor: DeliveryCursor) -> int:
+    def deliver(self, cursor: DeliveryCursor) -> Outcome:
         """Deliver one partition of one subscription from its cursor, until it is drained,
         an event fails, or a batch is done; save the cursor. Returns events handled."""
         subscription = cursor.subscription
@@ -218,10 +258,12 @@ class Relay:
         handled = delivered = 0
         error = ""
         leased_at = time.monotonic()
+        destination = None
         for event in events:
             if time.monotonic() - leased_at > LEASE_S / 3:
                 if not self._renew(cursor):
-                    return handled  # another relay has the partition now: stop here
+                    # Another relay has the partition now: stop, save nothing.
+                    return Outcome(cursor, subscription, handled, 0, "", False, False)
                 leased_at = time.monotonic()
             if subscription.types and event.type not in subscription.types:
                 cursor.last_id, handled = event.id, handled + 1
@@ -229,7 +271,8 @@ class Relay:
             body = json.dumps(outbox.event_json(event)).encode()
             status, retry_after, excerpt = None, None, ""
             try:
-                reply = send(subscription, f"evt_{event.id}", body)
+                destination = destination or Destination(subscription)
+                reply = destination.send(f"evt_{event.id}", body)
                 status, retry_after, excerpt = reply.status, reply.retry_after, reply.excerpt
             except webhooks.DeliveryError as exc:
                 error = str(exc)
@@ -243,8 +286,11 @@ class Relay:
             error = error or f"HTTP {status}: {excerpt[:200]}"
             self._failed(cursor, event, body, status, error, excerpt, retry_after)
             break
-        self._save(cursor, subscription, delivered, error)
-        return handled
+        if destination is not None:
+            destination.close()
+        changed = bool(handled or error or cursor.attempts)
+        full = len(events) == BATCH and handled == len(events)
+        return Outcome(cursor, subscription, handled, delivered, error, changed, full)
 
     def _renew(self, cursor: DeliveryCursor) -> bool:
         until = now_us() + LEASE_S * 1_000_000
@@ -258,42 +304,69 @@ class Relay:
         cursor.attempts += 1
         cursor.failing_since = cursor.failing_since or now
         if now - cursor.failing_since >= settings.EVENTS_RETRY_SECONDS * 1_000_000:
-            DeadLetter.objects.create(
-                subscription_id=cursor.subscription_id,
-                event_id=event.id,
-                body=body.decode(),
-                attempts=cursor.attempts,
-                last_status=status,
-                last_error=error[:500],
-                last_response=excerpt[:1000],
-            )
+            with WRITER_LOCK.held():
+                DeadLetter.objects.create(
+                    subscription_id=cursor.subscription_id,
+                    event_id=event.id,
+                    body=body.decode(),
+                    attempts=cursor.attempts,
+                    last_status=status,
+                    last_error=error[:500],
+                    last_response=excerpt[:1000],
+                )
             cursor.last_id, cursor.attempts, cursor.failing_since = event.id, 0, None
             cursor.next_attempt_at = 0
             return
         wait = backoff_s(cursor.attempts, retry_after)
         cursor.next_attempt_at = now + int(wait * 1_000_000)
 
-    def _save(self, cursor, subscription, delivered: int, error: str) -> None:
+    def _save_all(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
         now = timezone.now()
-        with transaction.atomic():
-            DeliveryCursor.objects.filter(pk=cursor.pk, lease_owner=self.owner).update(
-                last_id=cursor.last_id,
-                attempts=cursor.attempts,
-                failing_since=cursor.failing_since,
-                next_attempt_at=cursor.next_attempt_at,
-            )
-            health = {}
-            if delivered:
-                health |= {"last_success_at": now, "delivered": F("delivered") + delivered}
-            if error:
-                health |= {"last_error_at": now, "last_error": error[:500]}
-            if health:
-                Subscription.objects.filter(pk=subscription.pk).update(**health)
+        with WRITER_LOCK.held(), transaction.atomic():
+            for o in outcomes:
+                DeliveryCursor.objects.filter(pk=o.cursor.pk, lease_owner=self.owner).update(
+                    last_id=o.cursor.last_id,
+                    attempts=o.cursor.attempts,
+                    failing_since=o.cursor.failing_since,
+                    next_attempt_at=o.cursor.next_attempt_at,
+                )
+            for subscription_id, delivered, error in _health(outcomes):
+                health = {}
+                if delivered:
+                    health |= {"last_success_at": now, "delivered": F("delivered") + delivered}
+                if error:
+                    health |= {"last_error_at": now, "last_error": error[:500]}
+                if health:
+                    Subscription.objects.filter(pk=subscription_id).update(**health)
 
     def _disable(self, subscription: Subscription, reason: str) -> None:
         from connector import subscriptions
 
         subscriptions.disable(subscription, reason)
+
+
+class Outcome(NamedTuple):
+    """What delivering one partition did; saved with the others of its step."""
+
+    cursor: DeliveryCursor
+    subscription: Subscription
+    handled: int  # events delivered or passed (types not subscribed)
+    delivered: int
+    error: str
+    changed: bool  # the cursor moved or failed: to save
+    full: bool  # a whole batch went: more may be waiting
+
+
+def _health(outcomes: list[Outcome]) -> list[tuple[str, int, str]]:
+    """Per subscription: events delivered in this step, and the last error."""
+    found: dict[str, list] = {}
+    for o in outcomes:
+        entry = found.setdefault(o.subscription.pk, [0, ""])
+        entry[0] += o.delivered
+        entry[1] = o.error or entry[1]
+    return [(pk, delivered, error) for pk, (delivered, error) in found.items()]
 
 
 def models_lease_free(owner: str, now: int):

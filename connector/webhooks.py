@@ -108,44 +108,89 @@ class Reply:
     excerpt: str
 
 
+_tls_context: ssl.SSLContext | None = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """One verifying client context for every delivery (building one reads the CA store)."""
+    global _tls_context
+    if _tls_context is None:
+        _tls_context = ssl.create_default_context()
+    return _tls_context
+
+
 class _Pinned(http.client.HTTPSConnection):
     """HTTP(S) to a name, connected to the address it was vetted at."""
 
     def __init__(self, host: str, port: int, address: str, tls: bool, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        super().__init__(host, port, timeout=timeout, context=tls_context())
         self._address, self._tls = address, tls
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
+        # http.client sends the headers and the body in two writes: without this, Nagle's
+        # algorithm holds the body until the receiver's delayed ACK, 40 ms per delivery.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls:
             sock = self._context.wrap_socket(sock, server_hostname=self.host)
         self.sock = sock
 
 
+class Sender:
+    """POSTs to one URL over one kept-alive connection (opened again if the receiver closed
+    it). The URL is checked and its name resolved and vetted once, when the sender is made:
+    a sender lives for one batch of deliveries."""
+
+    def __init__(self, url: str):
+        if reason := url_error(url):
+            raise DeliveryError(reason)
+        parts = urlsplit(url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.address = resolve(self.host, self.port)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.connection: _Pinned | None = None
+
+    def post(self, body: bytes, headers: dict[str, str]) -> Reply:
+        """POST `body`; the answer's status, Retry-After (seconds) and its first bytes."""
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
+        for attempt in (1, 2):
+            reused = self.connection is not None
+            if self.connection is None:
+                self.connection = _Pinned(
+                    self.host, self.port, self.address, self.tls, settings.EVENTS_TIMEOUT
+                )
+            try:
+                self.connection.request("POST", self.path, body=body, headers=headers)
+                response = self.connection.getresponse()
+                excerpt = response.read(RESPONSE_CAP)
+                if response.getheader("Connection", "").lower() == "close" or not (
+                    response.isclosed() or response.length in (0, None)
+                ):
+                    self.close()  # closing, or an answer longer than we read: start afresh
+                retry = _retry_after(response.getheader("Retry-After"))
+                return Reply(response.status, retry, excerpt.decode("utf-8", "replace"))
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue  # the receiver closed a kept-alive connection: once more, anew
+                raise DeliveryError(f"{type(exc).__name__}: {exc}"[:300]) from None
+        raise DeliveryError("no answer")  # not reached
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
 def post(url: str, body: bytes, headers: dict[str, str]) -> Reply:
-    """POST `body`; the answer's status, Retry-After (seconds) and its first bytes."""
-    if reason := url_error(url):
-        raise DeliveryError(reason)
-    parts = urlsplit(url)
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    address = resolve(parts.hostname, port)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection = _Pinned(parts.hostname, port, address, tls, settings.EVENTS_TIMEOUT)
+    """One POST on a connection of its own."""
+    sender = Sender(url)
     try:
-        connection.request(
-            "POST",
-            path,
-            body=body,
-            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
-        )
-        response = connection.getresponse()
-        excerpt = response.read(RESPONSE_CAP).decode("utf-8", "replace")
-        return Reply(response.status, _retry_after(response.getheader("Retry-After")), excerpt)
-    except (OSError, http.client.HTTPException) as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}"[:300]) from None
+        return sender.post(body, headers)
     finally:
-        connection.close()
+        sender.close()
 
 
 def _retry_after(value: str | None) -> float | None:
