@@ -323,6 +323,8 @@ class Subscription(models.Model):
     # During a rotation the previous secret signs too, until `previous_until`.
     previous_secret_encrypted = models.TextField(blank=True, default="")
     previous_until = models.DateTimeField(null=True, blank=True)
+    # Events per delivery: 1 sends each event as one object; more sends JSON arrays.
+    batch_size = models.PositiveSmallIntegerField(default=1)
     enabled = models.BooleanField(default=True)
     disabled_reason = models.CharField(max_length=300, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)

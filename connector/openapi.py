@@ -269,6 +269,12 @@ COMPONENTS: dict[str, Schema] = {
                 },
                 required=["url"],
             ),
+            "batch": {
+                **INTEGER,
+                "minimum": 1,
+                "maximum": 100,
+                "description": "events per delivery",
+            },
             "enabled": BOOLEAN,
         },
         required=["webhook"],
@@ -283,6 +289,7 @@ COMPONENTS: dict[str, Schema] = {
                 },
                 required=False,
             ),
+            "batch": {**INTEGER, "minimum": 1, "maximum": 100},
             "enabled": BOOLEAN,
         },
         required=False,
@@ -295,6 +302,7 @@ COMPONENTS: dict[str, Schema] = {
             "webhook": obj(
                 {"url": STRING, "headers": {"type": "array", "items": STRING}},
             ),
+            "batch": INTEGER,
             "enabled": BOOLEAN,
             "disabled_reason": nullable(STRING),
             "created": {"type": "string", "format": "date-time"},
@@ -330,7 +338,11 @@ COMPONENTS: dict[str, Schema] = {
     "DeadLetter": obj(
         {
             "id": INTEGER,
-            "event": {"type": "object", "additionalProperties": True},
+            "events": {
+                "type": "array",
+                "items": {"type": "object", "additionalProperties": True},
+                "description": "what the delivery carried: one event, or a batch",
+            },
             "attempts": INTEGER,
             "last_status": nullable(INTEGER),
             "last_error": nullable(STRING),

@@ -194,7 +194,12 @@ class Relay:
             )
             if not claimed:
                 continue  # another relay has it
-            msg_id = json.loads(letter.body)["id"]
+            sent_body = json.loads(letter.body)
+            msg_id = (
+                sent_body["id"]
+                if isinstance(sent_body, dict)
+                else f"batch_{sent_body[0]['id'].removeprefix('evt_')}_{len(sent_body)}"
+            )
             try:
                 reply = send(letter.subscription, msg_id, letter.body.encode())
                 ok, error = 200 <= reply.status < 300, f"HTTP {reply.status}: {reply.excerpt[:200]}"
@@ -259,32 +264,42 @@ class Relay:
         error = ""
         leased_at = time.monotonic()
         destination = None
-        for event in events:
+        size = subscription.batch_size
+        chunk: list[OutboxEvent] = []
+        for number, event in enumerate(events):
+            if subscription.types and event.type not in subscription.types:
+                if not chunk:
+                    cursor.last_id, handled = event.id, handled + 1  # nothing owed before it
+                    continue
+            else:
+                chunk.append(event)
+            last = number == len(events) - 1
+            if not chunk or (len(chunk) < size and not last):
+                continue
             if time.monotonic() - leased_at > LEASE_S / 3:
                 if not self._renew(cursor):
                     # Another relay has the partition now: stop, save nothing.
                     return Outcome(cursor, subscription, handled, 0, "", False, False)
                 leased_at = time.monotonic()
-            if subscription.types and event.type not in subscription.types:
-                cursor.last_id, handled = event.id, handled + 1
-                continue
-            body = json.dumps(outbox.event_json(event)).encode()
+            msg_id, body = message(chunk, batched=size > 1)
             status, retry_after, excerpt = None, None, ""
             try:
                 destination = destination or Destination(subscription)
-                reply = destination.send(f"evt_{event.id}", body)
+                reply = destination.send(msg_id, body)
                 status, retry_after, excerpt = reply.status, reply.retry_after, reply.excerpt
             except webhooks.DeliveryError as exc:
                 error = str(exc)
             if status is not None and 200 <= status < 300:
+                # Past the chunk and any unsubscribed events after it that were looked at.
                 cursor.last_id, cursor.attempts, cursor.failing_since = event.id, 0, None
-                handled, delivered = handled + 1, delivered + 1
+                handled, delivered = number + 1, delivered + len(chunk)
+                chunk = []
                 continue
             if status == 410:
                 self._disable(subscription, "the receiver answered 410 Gone")
                 break
             error = error or f"HTTP {status}: {excerpt[:200]}"
-            self._failed(cursor, event, body, status, error, excerpt, retry_after)
+            self._failed(cursor, chunk[-1], body, status, error, excerpt, retry_after)
             break
         if destination is not None:
             destination.close()
@@ -347,6 +362,15 @@ class Relay:
         subscriptions.disable(subscription, reason)
 
 
+def message(events: list[OutboxEvent], *, batched: bool) -> tuple[str, bytes]:
+    """The webhook-id and body of one delivery: one event object, or (batched) an array of
+    them under an id naming the first event and how many there are."""
+    objects = [outbox.event_json(event) for event in events]
+    if not batched:
+        return objects[0]["id"], json.dumps(objects[0]).encode()
+    return f"batch_{events[0].id}_{len(events)}", json.dumps(objects).encode()
+
+
 class Outcome(NamedTuple):
     """What delivering one partition did; saved with the others of its step."""
 
@@ -379,9 +403,9 @@ _running: Relay | None = None
 
 
 def start_in_process(initializer: Callable[[], None] | None = None) -> Relay | None:
-    """The relay of this server process (EVENTS_RELAY), started once."""
+    """The relay of this worker (EVENTS_RELAY=worker), started once."""
     global _running
-    if not settings.EVENTS_RELAY or _running is not None:
+    if settings.EVENTS_RELAY != "worker" or _running is not None:
         return _running
     _running = Relay(initializer=initializer).start()
     return _running

@@ -40,6 +40,7 @@ RESERVED_HEADERS = {
     "connection",
 }
 MAX_HEADERS = 20
+MAX_BATCH = 100  # relay.BATCH: the most events one look takes
 ROTATION_OVERLAP = dt.timedelta(hours=24)
 
 
@@ -56,7 +57,7 @@ def check(data: Any, *, partial: bool = False) -> dict[str, Any]:
         raise InvalidSubscription({"non_field_errors": "Send a JSON object."})
     errors: dict[str, str] = {}
     clean: dict[str, Any] = {}
-    for key in set(data) - {"types", "webhook", "enabled"}:
+    for key in set(data) - {"types", "webhook", "enabled", "batch"}:
         errors[key] = "Unknown field."
     if "types" in data:
         types = data["types"]
@@ -66,6 +67,12 @@ def check(data: Any, *, partial: bool = False) -> dict[str, Any]:
             errors["types"] = f"Unknown type {unknown[0][:40]!r}; use {', '.join(outbox.TYPES)}."
         else:
             clean["types"] = sorted(set(types))
+    if "batch" in data:
+        batch = data["batch"]
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+            errors["batch"] = f"Events per delivery: a whole number from 1 to {MAX_BATCH}."
+        else:
+            clean["batch"] = batch
     if "enabled" in data:
         if not isinstance(data["enabled"], bool):
             errors["enabled"] = "Must be true or false."
@@ -138,6 +145,7 @@ def create(
             if clean.get("headers")
             else "",
             secret_encrypted=keys.encrypt(secret),
+            batch_size=clean.get("batch", 1),
             enabled=clean.get("enabled", True),
             created_by=actor if actor is not None and actor.is_authenticated else None,
         )
@@ -166,6 +174,8 @@ def update(subscription: Subscription, data: Any, *, actor=None, source_ip=None)
             keys.encrypt(json.dumps(clean["headers"])) if clean["headers"] else ""
         )
         fields.append("headers_encrypted")
+    if "batch" in clean:
+        subscription.batch_size, fields = clean["batch"], [*fields, "batch_size"]
     if "enabled" in clean:
         subscription.enabled = clean["enabled"]
         if clean["enabled"]:
@@ -296,6 +306,7 @@ def as_json(subscription: Subscription) -> dict[str, Any]:
         "id": subscription.id,
         "types": subscription.types,
         "webhook": {"url": subscription.url, "headers": names},
+        "batch": subscription.batch_size,
         "enabled": subscription.enabled,
         "disabled_reason": subscription.disabled_reason or None,
         "created": subscription.created_at,
@@ -312,7 +323,7 @@ def _host(url: str) -> str:
 def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
     return {
         "id": letter.id,
-        "event": json.loads(letter.body),
+        "events": body if isinstance(body := json.loads(letter.body), list) else [body],
         "attempts": letter.attempts,
         "last_status": letter.last_status,
         "last_error": letter.last_error or None,

@@ -8,7 +8,10 @@ waiting long polls, plus WEB_THREADS threads that run Django.
 
 import multiprocessing
 import os
+import subprocess
 import sys
+import threading
+import time
 
 worker_class = "iotconnector.worker.Worker"
 
@@ -43,3 +46,50 @@ keepalive = 5
 # connections per worker (MAX_CONNECTIONS); gunicorn's limit_request_* settings do not apply.
 accesslog = "-"
 errorlog = "-"
+
+
+# --- The event relay (EVENTS_RELAY=process, the default) ------------------------------------
+# One relay process beside the workers, started when the server is ready and started again
+# within a second if it dies (kill -9 included: the outbox keeps every event, the new relay
+# takes the partitions over when the old one's leases run out). It exits when the master
+# does, also when the master was killed (it checks its parent). Delivering in a process of
+# its own costs the workers' event loops and GIL nothing: in one SQLite worker, a relay
+# thread halved the device writes (scripts/bench_events.py).
+_relay: dict = {"process": None, "stopping": False}
+
+
+def _relay_mode() -> str:
+    from django.conf import settings
+
+    return settings.EVENTS_RELAY
+
+
+def when_ready(server):
+    if _relay_mode() != "process":
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "manage.py", "relay_events", "--parent", str(os.getpid())]
+
+    def keep_relaying():
+        while not _relay["stopping"]:
+            running = _relay["process"]
+            if running is None or running.poll() is not None:
+                if running is not None:
+                    server.log.warning(
+                        "event relay exited (%s): starting it again", running.returncode
+                    )
+                _relay["process"] = subprocess.Popen(command, cwd=root)  # noqa: S603 (our own)
+            time.sleep(1)
+
+    threading.Thread(target=keep_relaying, name="relay-keeper", daemon=True).start()
+
+
+def on_exit(server):
+    _relay["stopping"] = True
+    running = _relay["process"]
+    if running is not None and running.poll() is None:
+        running.terminate()
+        try:
+            running.wait(15)
+        except subprocess.TimeoutExpired:
+            running.kill()

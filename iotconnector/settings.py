@@ -299,9 +299,16 @@ LONG_POLL_MAX_PER_DEVICE = env.int("LONG_POLL_MAX_PER_DEVICE", default=8)
 # Device events to applications (connector.outbox, connector.relay; SPEC.md section 10).
 # Partitions: one device's events are delivered in order within one, partitions in parallel.
 EVENTS_PARTITIONS = env.int("EVENTS_PARTITIONS", default=8)
-# Each server process runs a relay (leases keep one relay per partition); off: run
-# `manage.py relay_events` as processes of their own instead.
-EVENTS_RELAY = env.bool("EVENTS_RELAY", default=True)
+# Who relays the outbox. "process" (default): the server starts one relay process beside
+# its workers (and restarts it if it dies), so delivery costs the workers' event loops and
+# GIL nothing; "worker": a relay thread in every worker; "off": run `manage.py relay_events`
+# yourself (any number: leases keep one relay per partition). true/false mean process/off.
+EVENTS_RELAY = {"true": "process", "false": "off", "1": "process", "0": "off"}.get(
+    env.str("EVENTS_RELAY", default="process").lower(),
+    env.str("EVENTS_RELAY", default="process").lower(),
+)
+if EVENTS_RELAY not in ("process", "worker", "off"):
+    raise ImproperlyConfigured("EVENTS_RELAY: use process, worker or off")
 EVENTS_POLL_INTERVAL = env.float("EVENTS_POLL_INTERVAL", default=0.2)  # seconds
 EVENTS_RELAY_THREADS = env.int("EVENTS_RELAY_THREADS", default=4)
 # How long a failing event is retried (backoff with jitter) before it is dead-lettered.

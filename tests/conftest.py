@@ -43,7 +43,7 @@ def require(condition: bool, reason: str) -> None:
 os.environ.setdefault("TRUSTED_PROXIES", "127.0.0.1/32,::1/128")
 # Event delivery tests start their own relay (tests/test_events.py); servers the tests start
 # run none, and their receivers are on loopback.
-os.environ.setdefault("EVENTS_RELAY", "false")
+os.environ.setdefault("EVENTS_RELAY", "off")
 os.environ.setdefault("EVENTS_ALLOW_PRIVATE_URLS", "true")
 
 
@@ -53,7 +53,7 @@ def _no_relay_in_test_servers():
     where it is the subject); set before the session's live server starts."""
     from django.conf import settings
 
-    settings.EVENTS_RELAY = False
+    settings.EVENTS_RELAY = "off"
     settings.EVENTS_ALLOW_PRIVATE_URLS = True
 
 
@@ -70,7 +70,7 @@ def _fast_test_settings(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
-    settings.EVENTS_RELAY = False  # tests/test_events.py runs its own
+    settings.EVENTS_RELAY = "off"  # tests/test_events.py starts servers that relay
     settings.EVENTS_ALLOW_PRIVATE_URLS = True  # the receivers are on loopback
     # Each test's database starts empty: no sign-in address is remembered as written.
     signin._recorded.clear()

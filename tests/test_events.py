@@ -268,6 +268,33 @@ def test_a_receiver_down_for_a_while_gets_everything_in_order_per_device(line, r
     assert "503" in (health["last_error"] or "")
 
 
+def test_batched_deliveries_are_signed_arrays_in_order(line, receiver):
+    line, _env = line
+    created = line.subscribe(receiver.url, types=["data_in"], batch=10)
+    line.whitelist("dev-b")
+    token = line.activate("dev-b")
+    receiver.status = 503
+    for n in range(25):
+        assert line.write(token, f"temp={n}") == 204
+    time.sleep(0.5)
+    receiver.status = 204
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            bodies = [json.loads(body) for _headers, body in receiver.received]
+        if sum(len(b) for b in bodies) >= 25:
+            break
+        time.sleep(0.05)
+    assert all(isinstance(b, list) and 1 <= len(b) <= 10 for b in bodies)
+    values = [e["payload"][0]["values"]["temp"] for b in bodies for e in b]
+    assert values == [str(n) for n in range(25)]
+    hook = Webhook(created["secret"])
+    for headers, body in receiver.received:
+        lower = {k.lower(): v for k, v in headers.items()}
+        assert lower["webhook-id"].startswith("batch_")
+        hook.verify(body, lower)
+
+
 def test_kill_9_of_the_server_mid_stream_loses_no_acknowledged_event(line, receiver, tmp_path):
     line, env = line
     line.subscribe(receiver.url, types=["data_in"])
@@ -322,7 +349,7 @@ def test_a_dead_letter_is_listed_with_the_last_answer_and_replayed_under_its_id(
         time.sleep(0.1)
     assert len(dead) == 1, "the event was not dead-lettered"
     letter = dead[0]
-    assert letter["event"]["type"] == "provisioned" and letter["last_status"] == 500
+    assert letter["events"][0]["type"] == "provisioned" and letter["last_status"] == 500
     assert letter["last_response"] == "ok" and letter["attempts"] >= 1
     assert line.api("GET", f"{base}/deliveries?status=bogus").status_code == 400
     assert line.api("POST", f"{base}/replay", json={"ids": "all"}).status_code == 400
@@ -330,7 +357,7 @@ def test_a_dead_letter_is_listed_with_the_last_answer_and_replayed_under_its_id(
     replay = line.api("POST", f"{base}/replay", json={"ids": [letter["id"]]})
     assert replay.status_code == 202 and replay.json() == {"replaying": 1}
     (event,) = receiver.wait_for(1)
-    assert event["id"] == letter["event"]["id"]  # the same event, under the same id
+    assert event["id"] == letter["events"][0]["id"]  # the same event, under the same id
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         done = line.api("GET", f"{base}/deliveries?status=dead").json()["dead"][0]

@@ -1,3 +1,4 @@
+import os
 import signal
 import threading
 
@@ -12,11 +13,19 @@ class Command(BaseCommand):
         "deployments that run relays as processes of their own (EVENTS_RELAY=false)."
     )
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--parent", type=int, help="stop when this process (the server) is gone"
+        )
+
+    def handle(self, *args, parent=None, **options):
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         relay = Relay().start()
         self.stdout.write(f"relaying as {relay.owner}")
-        stop.wait()
+        while not stop.wait(1.0):
+            if parent is not None and os.getppid() != parent:
+                self.stderr.write(f"the server (pid {parent}) is gone: the relay stops")
+                break
         relay.stop()
