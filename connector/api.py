@@ -36,6 +36,17 @@ def form_errors(form) -> dict[str, str]:
     return {field: " ".join(str(m) for m in msgs) for field, msgs in form.errors.items()}
 
 
+def name_body_errors(data) -> dict[str, str]:
+    """A `{"name": "…"}` body: an object, its name a string, no other field (a number is
+    not quietly taken for its digits)."""
+    if not isinstance(data, dict):
+        return {"name": 'Send a JSON object: {"name": "…"}.'}
+    errors = {key: "Unknown field." for key in data if key != "name"}
+    if "name" in data and not isinstance(data["name"], str):
+        errors["name"] = "Must be a string."
+    return errors
+
+
 CONNECTOR_FIELDS = {
     "id": serializers.CharField(),
     "name": serializers.CharField(),
@@ -107,7 +118,9 @@ class ConnectorListView(APIView):
 
     @extend_schema(request=NameIn, responses={201: ConnectorOut})
     def post(self, request: Request) -> Response:
-        form = ConnectorNameForm(data=request.data if isinstance(request.data, dict) else {})
+        if errors := name_body_errors(request.data):
+            return Response(errors, status=400)
+        form = ConnectorNameForm(data=request.data)
         if not form.is_valid():
             return Response(form_errors(form), status=400)
         connector = services.create_connector(request.user, form.cleaned_data["name"])
@@ -122,9 +135,9 @@ class ConnectorDetailView(APIView):
     @extend_schema(request=NameIn, responses={200: ConnectorOut})
     def patch(self, request: Request, connector_id: str) -> Response:
         connector = user_connector(request, connector_id)
-        form = ConnectorNameForm(
-            data=request.data if isinstance(request.data, dict) else {}, instance=connector
-        )
+        if errors := name_body_errors(request.data):
+            return Response(errors, status=400)
+        form = ConnectorNameForm(data=request.data, instance=connector)
         if not form.is_valid():
             return Response(form_errors(form), status=400)
         services.rename_connector(connector, request.user, form.cleaned_data["name"])

@@ -26,11 +26,20 @@ def test_create_list_get_rename_delete(api, alice):
     assert not Connector.objects.exists()
 
 
-@pytest.mark.parametrize("payload", [{}, {"name": ""}, {"name": "   "}, {"name": "x" * 101}, []])
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"name": ""}, {"name": "   "}, {"name": "x" * 101}, [], {"name": 12}, {"name": None}],
+)
 def test_create_with_bad_name_is_400_naming_the_field(api, payload):
     response = api.post("/api:1/connector/", payload, format="json")
     assert response.status_code == 400
     assert "name" in response.json()
+    assert not Connector.objects.exists()
+
+
+def test_an_unknown_field_is_400_and_creates_nothing(api):
+    response = api.post("/api:1/connector/", {"name": "A", "colour": "red"}, format="json")
+    assert response.status_code == 400 and response.json() == {"colour": "Unknown field."}
     assert not Connector.objects.exists()
 
 
