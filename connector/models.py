@@ -312,6 +312,7 @@ class Subscription(models.Model):
 
     class Kind(models.TextChoices):
         WEBHOOK = "webhook", "HTTPS webhook"
+        AMQP = "amqp", "RabbitMQ (AMQP 0-9-1)"
 
     id = models.CharField(primary_key=True, max_length=24, default=new_subscription_id)
     connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="subscriptions")
@@ -319,6 +320,8 @@ class Subscription(models.Model):
     types = models.JSONField(default=list)  # event types; empty: all
     url = models.TextField(blank=True, default="")
     headers_encrypted = models.TextField(blank=True, default="")  # Fernet JSON {name: value}
+    # A broker's destination, with its credentials: Fernet JSON {url, exchange, routing_key}.
+    destination_encrypted = models.TextField(blank=True, default="")
     secret_encrypted = models.TextField()
     # During a rotation the previous secret signs too, until `previous_until`.
     previous_secret_encrypted = models.TextField(blank=True, default="")

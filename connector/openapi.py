@@ -291,6 +291,17 @@ COMPONENTS: dict[str, Schema] = {
             ),
             "batch": {**INTEGER, "minimum": 1, "maximum": 100},
             "enabled": BOOLEAN,
+            "amqp": obj(
+                {
+                    "url": {**STRING, "description": "amqps://user:password@host:5671/vhost"},
+                    "exchange": {**STRING, "description": "a durable topic exchange"},
+                    "routing_key": {
+                        **STRING,
+                        "description": "template: {connector}, {type}, {identity}",
+                    },
+                },
+                required=["url"],
+            ),
         },
         required=False,
     ),
@@ -299,9 +310,10 @@ COMPONENTS: dict[str, Schema] = {
         {
             "id": STRING,
             "types": {"type": "array", "items": STRING},
-            "webhook": obj(
-                {"url": STRING, "headers": {"type": "array", "items": STRING}},
+            "webhook": nullable(
+                obj({"url": STRING, "headers": {"type": "array", "items": STRING}})
             ),
+            "amqp": nullable(obj({"url": STRING, "exchange": STRING, "routing_key": STRING})),
             "batch": INTEGER,
             "enabled": BOOLEAN,
             "disabled_reason": nullable(STRING),

@@ -85,7 +85,7 @@ class Destination:
         self.headers = extra_headers(subscription)
         self.sender = webhooks.Sender(subscription.url)
 
-    def send(self, msg_id: str, body: bytes) -> webhooks.Reply:
+    def send(self, msg_id: str, body: bytes, events: list[dict] | None = None) -> webhooks.Reply:
         """One signed POST (Standard Webhooks headers; `webhook-id` is the event id)."""
         stamp = int(time.time())
         headers = {
@@ -100,11 +100,22 @@ class Destination:
         self.sender.close()
 
 
+def destination_for(subscription: Subscription):
+    """The sink of a subscription: a webhook, or a broker (`connector.amqp`). Each has
+    `send(msg_id, body, events)` and `close()`."""
+    if subscription.kind == Subscription.Kind.AMQP:
+        from connector import amqp
+
+        return amqp.Destination(json.loads(keys.decrypt(subscription.destination_encrypted)))
+    return Destination(subscription)
+
+
 def send(subscription: Subscription, msg_id: str, body: bytes) -> webhooks.Reply:
-    """One signed POST of `body` on a connection of its own (test events, replays)."""
-    destination = Destination(subscription)
+    """One delivery of `body` on a connection of its own (test events, replays)."""
+    destination = destination_for(subscription)
     try:
-        return destination.send(msg_id, body)
+        parsed = json.loads(body)
+        return destination.send(msg_id, body, parsed if isinstance(parsed, list) else [parsed])
     finally:
         destination.close()
 
@@ -281,11 +292,11 @@ class Relay:
                     # Another relay has the partition now: stop, save nothing.
                     return Outcome(cursor, subscription, handled, 0, "", False, False)
                 leased_at = time.monotonic()
-            msg_id, body = message(chunk, batched=size > 1)
+            msg_id, body, objects = message(chunk, batched=size > 1)
             status, retry_after, excerpt = None, None, ""
             try:
-                destination = destination or Destination(subscription)
-                reply = destination.send(msg_id, body)
+                destination = destination or destination_for(subscription)
+                reply = destination.send(msg_id, body, objects)
                 status, retry_after, excerpt = reply.status, reply.retry_after, reply.excerpt
             except webhooks.DeliveryError as exc:
                 error = str(exc)
@@ -362,13 +373,13 @@ class Relay:
         subscriptions.disable(subscription, reason)
 
 
-def message(events: list[OutboxEvent], *, batched: bool) -> tuple[str, bytes]:
-    """The webhook-id and body of one delivery: one event object, or (batched) an array of
-    them under an id naming the first event and how many there are."""
+def message(events: list[OutboxEvent], *, batched: bool) -> tuple[str, bytes, list[dict]]:
+    """The webhook-id and body of one delivery, and its event objects: one event object,
+    or (batched) an array of them under an id naming the first event and how many."""
     objects = [outbox.event_json(event) for event in events]
     if not batched:
-        return objects[0]["id"], json.dumps(objects[0]).encode()
-    return f"batch_{events[0].id}_{len(events)}", json.dumps(objects).encode()
+        return objects[0]["id"], json.dumps(objects[0]).encode(), objects
+    return f"batch_{events[0].id}_{len(events)}", json.dumps(objects).encode(), objects
 
 
 class Outcome(NamedTuple):

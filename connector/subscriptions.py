@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from connector import events, keys, outbox, webhooks
+from connector import amqp, events, keys, outbox, webhooks
 from connector.models import (
     Connector,
     DeadLetter,
@@ -57,7 +57,7 @@ def check(data: Any, *, partial: bool = False) -> dict[str, Any]:
         raise InvalidSubscription({"non_field_errors": "Send a JSON object."})
     errors: dict[str, str] = {}
     clean: dict[str, Any] = {}
-    for key in set(data) - {"types", "webhook", "enabled", "batch"}:
+    for key in set(data) - {"types", "webhook", "amqp", "enabled", "batch"}:
         errors[key] = "Unknown field."
     if "types" in data:
         types = data["types"]
@@ -79,9 +79,17 @@ def check(data: Any, *, partial: bool = False) -> dict[str, Any]:
         else:
             clean["enabled"] = data["enabled"]
     webhook = data.get("webhook")
-    if webhook is None and not partial:
-        errors["webhook"] = 'Give a destination: {"url": "https://…"}.'
-    elif webhook is not None:
+    if "amqp" in data:
+        if webhook is not None:
+            errors["amqp"] = "Give one destination: webhook or amqp."
+        else:
+            destination, found = amqp.check(data["amqp"])
+            errors |= found
+            if destination:
+                clean["amqp"] = destination
+    elif webhook is None and not partial:
+        errors["webhook"] = 'Give a destination: {"url": "https://…"}, or "amqp".'
+    if webhook is not None and "amqp" not in data:
         if not isinstance(webhook, dict):
             errors["webhook"] = "Must be an object."
         else:
@@ -136,11 +144,14 @@ def create(
     """A new subscription and its signing secret (returned once, stored encrypted)."""
     clean = check(data)
     secret = webhooks.new_secret()
+    broker = clean.get("amqp")
     with transaction.atomic():
         subscription = Subscription.objects.create(
             connector=connector,
+            kind=Subscription.Kind.AMQP if broker else Subscription.Kind.WEBHOOK,
+            destination_encrypted=keys.encrypt(json.dumps(broker)) if broker else "",
             types=clean.get("types", []),
-            url=clean["url"],
+            url=amqp.display_url(broker["url"]) if broker else clean["url"],
             headers_encrypted=keys.encrypt(json.dumps(clean["headers"]))
             if clean.get("headers")
             else "",
@@ -167,6 +178,14 @@ def update(subscription: Subscription, data: Any, *, actor=None, source_ip=None)
     fields = []
     if "types" in clean:
         subscription.types, fields = clean["types"], [*fields, "types"]
+    if ("url" in clean or "headers" in clean) and subscription.kind != Subscription.Kind.WEBHOOK:
+        raise InvalidSubscription({"webhook": "This subscription delivers to a broker."})
+    if "amqp" in clean:
+        if subscription.kind != Subscription.Kind.AMQP:
+            raise InvalidSubscription({"amqp": "This subscription delivers to a webhook."})
+        subscription.destination_encrypted = keys.encrypt(json.dumps(clean["amqp"]))
+        subscription.url = amqp.display_url(clean["amqp"]["url"])
+        fields += ["destination_encrypted", "url"]
     if "url" in clean:
         subscription.url, fields = clean["url"], [*fields, "url"]
     if "headers" in clean:
@@ -302,10 +321,22 @@ def as_json(subscription: Subscription) -> dict[str, Any]:
         if (subscription.headers_encrypted)
         else []
     )
+    if subscription.kind == Subscription.Kind.AMQP:
+        broker = json.loads(keys.decrypt(subscription.destination_encrypted))
+        destination = {
+            "webhook": None,
+            "amqp": {
+                "url": subscription.url,
+                "exchange": broker["exchange"],
+                "routing_key": broker["routing_key"],
+            },
+        }
+    else:
+        destination = {"webhook": {"url": subscription.url, "headers": names}, "amqp": None}
     return {
         "id": subscription.id,
         "types": subscription.types,
-        "webhook": {"url": subscription.url, "headers": names},
+        **destination,
         "batch": subscription.batch_size,
         "enabled": subscription.enabled,
         "disabled_reason": subscription.disabled_reason or None,

@@ -413,6 +413,116 @@ def test_the_secret_is_shown_once_and_rotation_signs_with_both(line, receiver):
         Webhook(secret).verify(body, lower)
 
 
+# --- The broker sink: RabbitMQ ---------------------------------------------------------------
+
+
+@pytest.fixture
+def rabbit():
+    """A queue on the machine's RabbitMQ bound to the test's exchange (everything routed)."""
+    import uuid
+
+    import pika
+    from pika.exceptions import AMQPError
+
+    from tests.conftest import require
+
+    try:
+        connection = pika.BlockingConnection(
+            pika.ConnectionParameters("127.0.0.1", 5672, connection_attempts=1, socket_timeout=3)
+        )
+    except AMQPError:
+        require(False, "RabbitMQ on 127.0.0.1:5672 (apt install rabbitmq-server)")
+    channel = connection.channel()
+    exchange = f"iot-test-{uuid.uuid4().hex[:8]}"
+    channel.exchange_declare(exchange, "topic", durable=True)
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, exchange, routing_key="#")
+    yield channel, exchange, queue
+    channel.exchange_delete(exchange)
+    connection.close()
+
+
+def consume(channel, queue, count: int, timeout: float = 30) -> list:
+    found, deadline = [], time.monotonic() + timeout
+    while len({m[0].message_id for m in found}) < count and time.monotonic() < deadline:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        found.append((properties, method.routing_key, json.loads(body)))
+    return found
+
+
+def test_a_broker_subscription_publishes_the_same_events_confirmed_and_routed(line, rabbit):
+    line, _env = line
+    channel, exchange, queue = rabbit
+    created = line.api(
+        "POST",
+        f"/service/{line.id}/events/subscription",
+        json={
+            "amqp": {
+                "url": "amqp://guest:guest@127.0.0.1:5672/%2F",
+                "exchange": exchange,
+                "routing_key": "{connector}.{type}.{identity}",
+            }
+        },
+    )
+    assert created.status_code == 201, created.text
+    listed = line.api("GET", f"/service/{line.id}/events/subscription").json()[0]
+    assert listed["amqp"]["url"] == "amqp://guest@127.0.0.1:5672/%2F"  # no password shown
+    assert listed["webhook"] is None and "guest:guest" not in json.dumps(listed)
+    line.whitelist("dev-r")
+    token = line.activate("dev-r")
+    for n in range(5):
+        assert line.write(token, f"temp={n}") == 204
+    messages = consume(channel, queue, 6)
+    events = [body for _properties, _key, body in messages]
+    assert [e["type"] for e in events] == ["provisioned"] + ["data_in"] * 5
+    assert [e["payload"][0]["values"]["temp"] for e in events[1:]] == [str(n) for n in range(5)]
+    properties, key, first = messages[0]
+    assert key == f"{line.id}.provisioned.dev-r"
+    assert properties.message_id == first["id"] and properties.delivery_mode == 2
+    assert properties.content_type == "application/json"
+
+
+def test_events_no_queue_takes_yet_are_retried_not_lost(line, rabbit):
+    """Publishes are mandatory: with no queue bound the broker refuses them, the relay backs
+    off and retries, and once a consumer binds, everything arrives in order."""
+    line, _env = line
+    channel, exchange, queue = rabbit
+    channel.queue_unbind(queue, exchange, routing_key="#")
+    line.api(
+        "POST",
+        f"/service/{line.id}/events/subscription",
+        json={"types": ["data_in"], "amqp": {"url": "amqp://127.0.0.1/", "exchange": exchange}},
+    )
+    line.whitelist("dev-u")
+    token = line.activate("dev-u")
+    for n in range(3):
+        assert line.write(token, f"temp={n}") == 204
+    time.sleep(1.0)
+    assert channel.basic_get(queue, auto_ack=True)[0] is None  # nothing, and nothing dropped
+    channel.queue_bind(queue, exchange, routing_key="#")
+    events = [body for _p, _k, body in consume(channel, queue, 3)]
+    assert [e["payload"][0]["values"]["temp"] for e in events] == ["0", "1", "2"]
+
+
+def test_a_broker_destination_is_checked(api, connector, settings):
+    url = f"/api:1/service/{connector.id}/events/subscription"
+    bad = [
+        ({"amqp": {"url": "http://x"}}, "amqp.url"),
+        ({"amqp": {"url": "amqp://h", "exchange": "amq.topic"}}, "amqp.exchange"),
+        ({"amqp": {"url": "amqp://h", "routing_key": "{secret}"}}, "amqp.routing_key"),
+        ({"amqp": {"url": "amqp://h"}, "webhook": {"url": "https://x.example"}}, "amqp"),
+    ]
+    for body, field in bad:
+        response = api.post(url, body, format="json")
+        assert response.status_code == 400 and field in response.json(), (body, response.json())
+    settings.EVENTS_ALLOW_PRIVATE_URLS = False
+    private = api.post(url, {"amqp": {"url": "amqps://u:p@10.0.0.5/"}}, format="json")
+    assert private.status_code == 400 and "private" in private.json()["amqp.url"]
+
+
 # --- In the test process: the outbox and the destination rules -----------------------------
 
 
