@@ -15,4 +15,20 @@ urlpatterns = [
     path("c/<str:connector_id>/resources/", views.connector_resources, name="connector-resources"),
     path("c/<str:connector_id>/logs/", views.connector_logs, name="connector-logs"),
     path("c/<str:connector_id>/logs/feed/", views.connector_logs_feed, name="connector-logs-feed"),
+    path("c/<str:connector_id>/events/", views.subscription_create, name="subscription-create"),
+    path(
+        "c/<str:connector_id>/events/<str:subscription_id>/test/",
+        views.subscription_test,
+        name="subscription-test",
+    ),
+    path(
+        "c/<str:connector_id>/events/<str:subscription_id>/replay/",
+        views.subscription_replay,
+        name="subscription-replay",
+    ),
+    path(
+        "c/<str:connector_id>/events/<str:subscription_id>/delete/",
+        views.subscription_delete,
+        name="subscription-delete",
+    ),
 ]

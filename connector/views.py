@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from connector import logs, safeinput, services, signin
+from connector import logs, outbox, safeinput, services, signin, subscriptions
 from connector.forms import ConnectorNameForm, SettingsForm, SignInForm, SignUpForm
 from connector.models import Connector, EventType
 from devices.forms import ResourceForm
@@ -94,8 +94,80 @@ def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
         "connector/settings.html",
         form=form,
         client_cas=form.existing_cas,
+        subscriptions=[subscriptions.as_json(found) for found in connector.subscriptions.all()],
+        event_types=outbox.TYPES,
         status=400 if form.errors else 200,
     )
+
+
+def _events_section(connector: Connector) -> HttpResponse:
+    return redirect(reverse("connector-settings", args=[connector.id]) + "#events")
+
+
+@login_required
+@require_POST
+def subscription_create(request: HttpRequest, connector_id: str) -> HttpResponse:
+    """The Settings tab's Events section: a webhook subscription; its secret shown once."""
+    connector = user_connector(request, connector_id)
+    batch = request.POST.get("batch", "1").strip() or "1"
+    data = {
+        "types": request.POST.getlist("types"),
+        "webhook": {"url": request.POST.get("url", "").strip()},
+        "batch": int(batch) if batch.isascii() and batch.isdigit() and len(batch) < 4 else -1,
+    }
+    try:
+        found, secret = subscriptions.create(
+            connector, data, actor=request.user, source_ip=request.META.get("REMOTE_ADDR")
+        )
+    except subscriptions.InvalidSubscription as exc:
+        for field, message in exc.errors.items():
+            label = {"webhook.url": "URL", "types": "Event types", "batch": "Batch"}.get(
+                field, field
+            )
+            messages.error(request, f"{label}: {message}")
+        return _events_section(connector)
+    messages.success(
+        request,
+        f"Subscription {found.id} created. Its signing secret, shown this once: {secret}",
+    )
+    return _events_section(connector)
+
+
+def _subscription(request: HttpRequest, connector_id: str, subscription_id: str):
+    connector = user_connector(request, connector_id)
+    return connector, get_object_or_404(connector.subscriptions, pk=subscription_id)
+
+
+@login_required
+@require_POST
+def subscription_test(request: HttpRequest, connector_id: str, subscription_id: str):
+    connector, found = _subscription(request, connector_id, subscription_id)
+    result = subscriptions.send_test(found)
+    if result["delivered"]:
+        messages.success(
+            request, f"Test event delivered: the receiver answered {result['status']}."
+        )
+    else:
+        messages.error(request, f"Test event not delivered: {result['error'] or result['status']}")
+    return _events_section(connector)
+
+
+@login_required
+@require_POST
+def subscription_replay(request: HttpRequest, connector_id: str, subscription_id: str):
+    connector, found = _subscription(request, connector_id, subscription_id)
+    count = subscriptions.request_replay(found, None, actor=request.user)
+    messages.success(request, f"{count} dead letter{'s' if count != 1 else ''} will be sent again.")
+    return _events_section(connector)
+
+
+@login_required
+@require_POST
+def subscription_delete(request: HttpRequest, connector_id: str, subscription_id: str):
+    connector, found = _subscription(request, connector_id, subscription_id)
+    subscriptions.delete(found, actor=request.user, source_ip=request.META.get("REMOTE_ADDR"))
+    messages.success(request, "Subscription deleted.")
+    return _events_section(connector)
 
 
 @login_required

@@ -1,0 +1,72 @@
+"""The Settings tab's Events section (issue #15): add a webhook subscription (its secret shown
+once), see its health, send a test event to a real receiver, replay, delete."""
+
+import re
+
+from django.urls import reverse
+
+from connector.models import Subscription
+from tests.test_events import Receiver
+
+
+def settings_page(client, connector) -> str:
+    return client.get(reverse("connector-settings", args=[connector.id])).content.decode()
+
+
+def test_add_a_subscription_see_it_test_it_and_delete_it(browser_client, connector):
+    receiver = Receiver()
+    try:
+        created = browser_client.post(
+            reverse("subscription-create", args=[connector.id]),
+            {"url": receiver.url, "types": ["data_in", "provisioned"], "batch": "1"},
+            follow=True,
+        )
+        html = created.content.decode()
+        secret = re.search(r"shown this once: (whsec_[A-Za-z0-9+/=]+)", html).group(1)
+        subscription = Subscription.objects.get()
+        assert subscription.types == ["data_in", "provisioned"]
+        again = settings_page(browser_client, connector)
+        assert secret not in again  # once only
+        assert receiver.url in again and "Backlog" in again and "data_in, provisioned" in again
+        tested = browser_client.post(
+            reverse("subscription-test", args=[connector.id, subscription.id]), follow=True
+        )
+        assert "Test event delivered: the receiver answered 204." in tested.content.decode()
+        assert receiver.events()[0]["type"] == "test"
+        receiver.status = 500
+        failed = browser_client.post(
+            reverse("subscription-test", args=[connector.id, subscription.id]), follow=True
+        )
+        assert "Test event not delivered" in failed.content.decode()
+        browser_client.post(reverse("subscription-delete", args=[connector.id, subscription.id]))
+        assert not Subscription.objects.exists()
+        connector.refresh_from_db()
+        assert connector.events_enabled is False
+    finally:
+        receiver.close()
+
+
+def test_a_bad_subscription_says_what_is_wrong_and_creates_nothing(
+    browser_client, connector, settings
+):
+    settings.EVENTS_ALLOW_PRIVATE_URLS = False
+    response = browser_client.post(
+        reverse("subscription-create", args=[connector.id]),
+        {"url": "https://10.0.0.1/hook", "batch": "500"},
+        follow=True,
+    )
+    html = response.content.decode()
+    assert "URL: 10.0.0.1 is a private" in html and "Batch: Events per delivery" in html
+    assert not Subscription.objects.exists()
+
+
+def test_another_users_subscription_is_404(browser_client, bobs_connector):
+    from connector import subscriptions
+
+    theirs, _secret = subscriptions.create(
+        bobs_connector, {"webhook": {"url": "https://hooks.example.com/x"}}
+    )
+    for name in ("subscription-test", "subscription-delete", "subscription-replay"):
+        url = reverse(name, args=[bobs_connector.id, theirs.id])
+        assert browser_client.post(url).status_code == 404
+    assert Subscription.objects.filter(pk=theirs.pk).exists()
