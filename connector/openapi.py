@@ -155,6 +155,17 @@ def _settings(*, writable: bool) -> Schema:
                 required=required,
             ),
             "resources": RESOURCES,
+            "events": obj(
+                {
+                    "types": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": list(OUTBOX_TYPES)},
+                    },
+                    "subscriptions": INTEGER,
+                },
+                required=required,
+                description="read-only: subscriptions are managed at …/events/subscription",
+            ),
         },
         required=required,
     )
@@ -324,6 +335,7 @@ COMPONENTS: dict[str, Schema] = {
                     "last_error": nullable(STRING),
                     "last_error_at": nullable({"type": "string", "format": "date-time"}),
                     "delivered": INTEGER,
+                    "per_minute": INTEGER,
                     "backlog": INTEGER,
                     "dead_letters": INTEGER,
                     "retrying": INTEGER,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from connector import subscriptions
 from connector.forms import SettingsForm, initial_from_connector
 from connector.models import Connector
 from provisioning.pki import PKIError, cert_info, load_certificates
@@ -38,7 +39,7 @@ FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
 PATH_TO_FIELD = {path: field for field, (path, _type) in FIELDS.items()}
 FIELD_TO_PATH = {field: path for field, (path, _type) in FIELDS.items()}
 FIELD_TO_PATH["client_ca_remove"] = "pki.client_ca"
-READ_ONLY = {"fqdn", "protocol.name"}
+READ_ONLY = {"fqdn", "protocol.name", "events"}
 PROTOCOL_NAME = "onep:v1/http"
 
 
@@ -77,6 +78,7 @@ def settings_to_json(connector: Connector) -> dict[str, Any]:
             "vendor": {"name": connector.vendor_name or None, "options": vendor_options},
         },
         "resources": connector.resources,
+        "events": subscriptions.settings_summary(connector),
     }
 
 

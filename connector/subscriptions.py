@@ -294,18 +294,23 @@ def send_test(subscription: Subscription) -> dict[str, Any]:
 
 def health(subscription: Subscription) -> dict[str, Any]:
     cursors = list(subscription.cursors.all())
-    backlog = 0
+    backlog = recent = 0
+    minute_ago = now_us() - 60_000_000
     for cursor in cursors:
-        backlog += OutboxEvent.objects.filter(
-            connector_id=subscription.connector_id,
-            partition=cursor.partition,
-            id__gt=cursor.last_id,
-        ).count()
+        rows = OutboxEvent.objects.filter(
+            connector_id=subscription.connector_id, partition=cursor.partition
+        )
+        backlog += rows.filter(id__gt=cursor.last_id).count()
+        delivered = rows.filter(id__lte=cursor.last_id, time__gte=minute_ago)
+        if subscription.types:
+            delivered = delivered.filter(type__in=subscription.types)
+        recent += delivered.count()
     return {
         "last_success": subscription.last_success_at,
         "last_error": subscription.last_error or None,
         "last_error_at": subscription.last_error_at,
         "delivered": subscription.delivered,
+        "per_minute": recent,  # of the events of the last minute, those delivered
         "backlog": backlog,
         "dead_letters": DeadLetter.objects.filter(
             subscription=subscription, replayed_at__isnull=True
@@ -410,3 +415,16 @@ def request_replay(subscription: Subscription, ids: list[int] | None, *, actor=N
     if count:
         outbox.pending.set()
     return count
+
+
+def settings_summary(connector: Connector) -> dict[str, Any]:
+    """The `events` part of the settings JSON (read-only: subscriptions are managed at
+    `…/events/subscription`): which event types leave the connector, and to how many."""
+    enabled = list(connector.subscriptions.filter(enabled=True).values_list("types", flat=True))
+    types: set[str] = set()
+    for chosen in enabled:
+        types |= set(chosen or outbox.TYPES)
+    return {
+        "types": [t for t in outbox.TYPES if t in types],
+        "subscriptions": len(enabled),
+    }

@@ -78,6 +78,7 @@ def test_settings_json_has_murano_shape(api, connector):
         },
         "pki": {"enabled": False, "client_ca": [], "vendor": {"name": None, "options": {}}},
         "resources": {},
+        "events": {"types": [], "subscriptions": 0},
     }
 
 

@@ -264,7 +264,9 @@ def test_a_receiver_down_for_a_while_gets_everything_in_order_per_device(line, r
         values = [e["payload"][0]["values"]["temp"] for e in found if e["identity"] == identity]
         assert values == [str(step) for step in range(10)], identity
     health = line.api("GET", f"/service/{line.id}/events/subscription").json()[0]["health"]
-    assert health["delivered"] >= 30 and health["backlog"] == 0
+    assert health["delivered"] >= 30 and health["backlog"] == 0 and health["per_minute"] == 30
+    summary = line.api("GET", f"/service/{line.id}/device2").json()["events"]
+    assert summary == {"types": ["data_in"], "subscriptions": 1}
     assert "503" in (health["last_error"] or "")
 
 
