@@ -309,7 +309,7 @@ EVENTS_RELAY = {"true": "process", "false": "off", "1": "process", "0": "off"}.g
 )
 if EVENTS_RELAY not in ("process", "worker", "off"):
     raise ImproperlyConfigured("EVENTS_RELAY: use process, worker or off")
-EVENTS_POLL_INTERVAL = env.float("EVENTS_POLL_INTERVAL", default=0.2)  # seconds
+EVENTS_POLL_INTERVAL = env.float("EVENTS_POLL_INTERVAL", default=0.05)  # seconds
 EVENTS_RELAY_THREADS = env.int("EVENTS_RELAY_THREADS", default=4)
 # How long a failing event is retried (backoff with jitter) before it is dead-lettered.
 EVENTS_RETRY_SECONDS = env.int("EVENTS_RETRY_SECONDS", default=3 * 86400)
