@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import TICK_S, backend_options, cpu_seconds, processes, scratch_postgres, seed, start
+from benchlib import TICK_S, backend_options, cpu_seconds, each_backend, processes, seed, start
 
 # Writes come from this many devices in turn, as in the field: one device hammering one row
 # would measure row-lock waits, not the API.
@@ -237,15 +237,7 @@ def main() -> None:
         f"wrk {WRK_THREADS} threads, {args.connections} connections, "
         f"{args.rounds} interleaved rounds of {args.seconds} s"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "sqlite"):
-            run_backend("sqlite", f"sqlite:///{tmp}/bench.sqlite3", tmp, args)
-        if args.only in (None, "postgresql"):
-            with scratch_postgres(args.postgres, "bench_device_api") as scratch:
-                if scratch is None:
-                    print("postgresql: not reachable, skipped")
-                    return
-                run_backend("postgresql", scratch, tmp, args)
+    each_backend(args, "bench_device_api", run_backend)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import requests
 from bench_device_api import WRITE_LUA, WRITERS, wrk
-from benchlib import PY, ROOT, backend_options, scratch_postgres, seed, start
+from benchlib import PY, ROOT, backend_options, each_backend, seed, start
 
 PACED_LUA = WRITE_LUA + textwrap.dedent(
     """
@@ -179,15 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt install wrk")
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "sqlite"):
-            run_backend("sqlite", f"sqlite:///{tmp}/bench.sqlite3", tmp, args)
-        if args.only in (None, "postgresql"):
-            with scratch_postgres(args.postgres, "bench_events") as scratch:
-                if scratch is None:
-                    print("postgresql: not reachable, skipped")
-                    return
-                run_backend("postgresql", scratch, tmp, args)
+    each_backend(args, "bench_events", run_backend)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,21 @@ def backend_options(parser, *, port: int) -> None:
         default=os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+
+
+def each_backend(args, scratch_name: str, run) -> dict:
+    """`run(name, database_url, data_dir, args)` on SQLite, then on a scratch PostgreSQL
+    database, as `--only` says, in one temporary DATA_DIR; their results by backend."""
+    import tempfile
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "sqlite"):
+            results["sqlite"] = run("sqlite", f"sqlite:///{tmp}/{scratch_name}.sqlite3", tmp, args)
+        if args.only in (None, "postgresql"):
+            with scratch_postgres(args.postgres, scratch_name) as scratch:
+                if scratch is None:
+                    print("postgresql: not reachable, skipped")
+                else:
+                    results["postgresql"] = run("postgresql", scratch, tmp, args)
+    return results

@@ -27,13 +27,12 @@ import random
 import resource
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import requests
-from benchlib import backend_options, cpu_seconds, processes, scratch_postgres, seed, start
+from benchlib import backend_options, cpu_seconds, each_backend, processes, seed, start
 
 DEVICE_PASSWORD = "a-device-password-of-32-bytes!!!"  # noqa: S105 (a probe's own)
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -536,36 +535,27 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iotconnector.settings")
     failed = False
-    with tempfile.TemporaryDirectory() as tmp:
-        reports = {}
-        if args.only in (None, "sqlite"):
-            reports["sqlite"] = run("sqlite", f"sqlite:///{tmp}/probe.sqlite3", tmp, args)
-        if args.only in (None, "postgresql"):
-            with scratch_postgres(args.postgres, "probe_hardening") as scratch:
-                if scratch is None:
-                    print("postgresql: not reachable, skipped")
-                else:
-                    reports["postgresql"] = run("postgresql", scratch, tmp, args)
-        for name, report in reports.items():
-            missed = [
-                goal
-                for goal, met in (
-                    ("no 5xx", not (report["5xx (corpus)"] or report["5xx (mutations)"])),
-                    ("no traceback", not report["tracebacks in server log"]),
-                    (
-                        "every honest request",
-                        all(not refused for refused in report["honest refusals"].values()),
-                    ),
-                    (
-                        "every request during slowloris",
-                        report["slowloris"]["answered"] == report["slowloris"]["asked"],
-                    ),
-                )
-                if not met
-            ]
-            if missed:
-                print(f"{name}: missed: {', '.join(missed)}")
-                failed = True
+    reports = each_backend(args, "probe_hardening", run)
+    for name, report in reports.items():
+        missed = [
+            goal
+            for goal, met in (
+                ("no 5xx", not (report["5xx (corpus)"] or report["5xx (mutations)"])),
+                ("no traceback", not report["tracebacks in server log"]),
+                (
+                    "every honest request",
+                    all(not refused for refused in report["honest refusals"].values()),
+                ),
+                (
+                    "every request during slowloris",
+                    report["slowloris"]["answered"] == report["slowloris"]["asked"],
+                ),
+            )
+            if not met
+        ]
+        if missed:
+            print(f"{name}: missed: {', '.join(missed)}")
+            failed = True
     sys.exit(1 if failed else 0)
 
 

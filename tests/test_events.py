@@ -6,6 +6,7 @@ Receivers verify signatures with the published `standardwebhooks` library.
 """
 
 import base64
+import datetime as dt
 import http.server
 import json
 import os
@@ -563,11 +564,8 @@ def test_the_signature_is_standard_webhooks():
     secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
     body = b'{"a": 1}'
     signature = webhooks.sign(secret, "evt_1", 1_700_000_000, body)
-    expected = Webhook(secret).sign(
-        "evt_1",
-        __import__("datetime").datetime.fromtimestamp(1_700_000_000, tz=__import__("datetime").UTC),
-        body.decode(),
-    )
+    moment = dt.datetime.fromtimestamp(1_700_000_000, tz=dt.UTC)
+    expected = Webhook(secret).sign("evt_1", moment, body.decode())
     assert signature == expected
 
 
