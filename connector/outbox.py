@@ -10,8 +10,11 @@ subscription (`Connector.events_enabled`), read in the transaction that writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
 import threading
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -108,15 +111,61 @@ def add(rows: list[OutboxRow], *, checked: bool = False) -> None:
 
 # --- Waking the relay -------------------------------------------------------------------------
 
-# Set when this process committed outbox rows: its relay looks at once instead of at its next
-# poll (other processes see them at theirs, EVENTS_POLL_INTERVAL).
+# Set when this process committed outbox rows: its relay (EVENTS_RELAY=worker) looks at once
+# instead of at its next poll.
 pending = threading.Event()
 
 
 def wake_after_commit() -> None:
     from django.db import transaction
 
-    transaction.on_commit(pending.set)
+    transaction.on_commit(wake)
+
+
+def wake() -> None:
+    """Outbox rows were committed: this process's relay and the relay process of this server
+    (a datagram to its socket) look now rather than at their next poll. A hint only: a lost
+    one costs at most EVENTS_POLL_INTERVAL, never an event."""
+    pending.set()
+    address = relay_address()
+    try:
+        if (sock := _sockets.get(address)) is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            _sockets[address] = sock
+            sock.connect(address)
+        sock.send(b"!", socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        pass  # its queue is full: it is awake anyway
+    except OSError:  # no relay process listens here (or it restarted): connect next time
+        _sockets.pop(address).close()
+
+
+def relay_address() -> bytes:
+    """The abstract Unix socket of the relay process of the server on this DATA_DIR."""
+    tag = hashlib.sha256(str(Path(settings.DATA_DIR).resolve()).encode()).hexdigest()[:16]
+    return f"\0iot-relay-{tag}".encode()
+
+
+_sockets: dict[bytes, socket.socket] = {}
+
+
+def listen_for_wakes() -> bool:
+    """In the relay process: set `pending` whenever a worker committed outbox rows. False if
+    another relay on this DATA_DIR already listens (this one then polls)."""
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(relay_address())
+    except OSError:
+        receiver.close()
+        return False
+
+    def receive() -> None:
+        while True:
+            receiver.recv(64)
+            pending.set()
+
+    threading.Thread(target=receive, name="relay-wakes", daemon=True).start()
+    return True
 
 
 def event_json(event: OutboxEvent | Any) -> dict[str, Any]:

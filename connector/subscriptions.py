@@ -413,7 +413,7 @@ def request_replay(subscription: Subscription, ids: list[int] | None, *, actor=N
                 payload={"subscription": subscription.id, "count": count},
             )
     if count:
-        outbox.pending.set()
+        outbox.wake()
     return count
 
 

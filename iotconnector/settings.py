@@ -311,9 +311,15 @@ if EVENTS_RELAY not in ("process", "worker", "off"):
     raise ImproperlyConfigured("EVENTS_RELAY: use process, worker or off")
 EVENTS_POLL_INTERVAL = env.float("EVENTS_POLL_INTERVAL", default=0.05)  # seconds
 EVENTS_RELAY_THREADS = env.int("EVENTS_RELAY_THREADS", default=4)
+# The relay process's CPU niceness: device requests come first when the machine is busy (the
+# relay catches up on the idle CPU; the outbox holds what it has not delivered yet).
+EVENTS_RELAY_NICE = env.int("EVENTS_RELAY_NICE", default=10)
 # How long a failing event is retried (backoff with jitter) before it is dead-lettered.
 EVENTS_RETRY_SECONDS = env.int("EVENTS_RETRY_SECONDS", default=3 * 86400)
 EVENTS_TIMEOUT = env.float("EVENTS_TIMEOUT", default=10.0)  # connect and read, seconds
+# A PEM bundle of CAs trusted for webhook TLS besides the system's (receivers behind a
+# private CA); certificates and host names are always verified.
+EVENTS_CA_FILE = env.str("EVENTS_CA_FILE", default="")
 # Webhooks to private, loopback or link-local addresses (and plain http) are refused unless
 # this is on (development, tests); checked again after DNS resolution at each delivery.
 EVENTS_ALLOW_PRIVATE_URLS = env.bool("EVENTS_ALLOW_PRIVATE_URLS", default=False)

@@ -66,7 +66,7 @@ def claim(jobs: list[ClaimJob]) -> list[JobResult]:
 def _woken(results: list[JobResult]) -> list[JobResult]:
     """Wake this process's relay when something was stored (it may have outbox rows)."""
     if STORED in results:
-        outbox.pending.set()
+        outbox.wake()
     return results
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import requests
 from bench_device_api import WRITE_LUA, WRITERS, wrk
-from benchlib import PY, ROOT, backend_options, each_backend, seed, start
+from benchlib import PY, ROOT, backend_options, cpu_seconds, each_backend, processes, seed, start
 
 PACED_LUA = WRITE_LUA + textwrap.dedent(
     """
@@ -69,7 +69,7 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
         "DEVICE_API_INSECURE": "true",
         "DJANGO_SETTINGS_MODULE": "iotconnector.settings",
         "DEVICE_AUTH_FAILURE_LIMIT": "1000000",
-        "EVENTS_RELAY": "true",
+        "EVENTS_RELAY": os.environ.get("BENCH_EVENTS_RELAY", "true"),
         "EVENTS_ALLOW_PRIVATE_URLS": "true",  # the receiver is on loopback
     }
     info = prepare(env)
@@ -111,16 +111,22 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
         lua_vars = f'host_header = "{host}"\n' + tokens_lua
         runs: dict[str, list[dict]] = {"without": [], "with": []}
         delivered_rates, lags = [], []
+        relay_cpu, receiver_cpu, delivered = 0.0, 0.0, 0
         for round_no in range(args.rounds + 1):
             for scenario in ("without", "with"):
                 enable(scenario == "with")
                 requests.delete(stats_url, timeout=10)
                 seconds = args.seconds if round_no else 1
+                relay_pids = relay_processes(server.pid)
+                cpu_before = cpu_seconds(relay_pids), cpu_seconds([receiver.pid])
                 result = wrk(base, seconds, args.connections, [], WRITE_LUA, lua_vars)
                 if scenario == "with":
-                    wait_until(lambda: backlog() == 0, timeout=120)
+                    wait_until(lambda: backlog() == 0, timeout=args.drain)
                     stats = requests.get(stats_url, timeout=10).json()
                     if round_no:
+                        relay_cpu += cpu_seconds(relay_pids) - cpu_before[0]
+                        receiver_cpu += cpu_seconds([receiver.pid]) - cpu_before[1]
+                        delivered += stats["count"]
                         span = max(stats["last_s"] - stats["first_s"], 1e-3)
                         delivered_rates.append(stats["count"] / span)
                         lags.append(stats)
@@ -129,8 +135,9 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
         # Paced writes, about 1,000/s: the lag an application sees at a steady rate.
         enable(True)
         requests.delete(stats_url, timeout=10)
-        paced = wrk(base, args.seconds, 10, [], PACED_LUA, lua_vars + f"pace_ms = {args.pace_ms}\n")
-        wait_until(lambda: backlog() == 0, timeout=120)
+        pace = lua_vars + f"pace_ms = {args.pace_ms}\n"
+        paced = wrk(base, args.seconds, args.paced_connections, [], PACED_LUA, pace)
+        wait_until(lambda: backlog() == 0, timeout=args.drain)
         paced_stats = requests.get(stats_url, timeout=10).json()
     finally:
         for process in (server, receiver):
@@ -153,11 +160,28 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
         f" p99 {statistics.median(s['p99_ms'] for s in lags):.0f} ms,"
         f" duplicates {sum(s['duplicates'] for s in lags)}"
     )
+    per_event = 1e6 / max(delivered, 1)
+    print(
+        f"  CPU per event delivered: relay {relay_cpu * per_event:.0f} µs,"
+        f" receiver {receiver_cpu * per_event:.0f} µs"
+    )
     print(
         f"  paced {paced['rps']:.0f} writes/s: {paced_stats['count']} events, lag p50"
         f" {paced_stats['p50_ms']:.0f} ms, p99 {paced_stats['p99_ms']:.0f} ms,"
         f" max {paced_stats['max_ms']:.0f} ms"
     )
+
+
+def relay_processes(server_pid: int) -> list[int]:
+    """The relay process the server started (EVENTS_RELAY=process)."""
+    found = []
+    for pid in processes(server_pid):
+        try:
+            if b"relay_events" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
 
 
 def _ok(url: str) -> bool:
@@ -172,8 +196,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--pace-ms", type=int, default=9, help="per connection, 10 connections")
+    parser.add_argument("--pace-ms", type=int, default=10, help="pause after each answer")
+    parser.add_argument("--paced-connections", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1, help="events per webhook delivery")
+    parser.add_argument("--drain", type=int, default=120, help="seconds to wait for the backlog")
     backend_options(parser, port=8785)
     args = parser.parse_args()
     if not shutil.which("wrk"):

@@ -7,6 +7,7 @@ Receivers verify signatures with the published `standardwebhooks` library.
 
 import base64
 import datetime as dt
+import hashlib
 import http.server
 import json
 import os
@@ -242,6 +243,35 @@ def test_the_tutorial_flow_arrives_signed_in_murano_shape(line, receiver):
     headers, body = receiver.received[1]
     with pytest.raises(WebhookVerificationError):
         hook.verify(body.replace(b"21.5", b"99.9"), {k.lower(): v for k, v in headers.items()})
+
+
+@pytest.fixture
+def sleepy_line(tmp_path, transactional_db):
+    """A server whose relay process would look at the outbox only every 30 s on its own."""
+    yield from start_line(tmp_path, EVENTS_POLL_INTERVAL="30")
+
+
+def relay_listening(data_dir) -> bool:
+    """Whether a relay process has bound the wake-up socket of this DATA_DIR."""
+    from pathlib import Path
+
+    tag = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    return f"@iot-relay-{tag}" in Path("/proc/net/unix").read_text()
+
+
+def test_a_commit_in_a_worker_wakes_the_relay_process(sleepy_line, receiver, tmp_path):
+    line, _env = sleepy_line
+    deadline = time.monotonic() + 30
+    while not relay_listening(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line.subscribe(receiver.url)
+    line.whitelist("00000001")
+    token = line.activate("00000001")  # a claim (one statement on PostgreSQL) wakes it
+    receiver.wait_for(1, timeout=5)
+    for n in range(3):  # and so does each write, well before the 30 s poll
+        assert line.write(token, f"temp={n}") == 204
+        found = receiver.wait_for(2 + n, timeout=5)
+    assert [e["type"] for e in found] == ["provisioned", "data_in", "data_in", "data_in"]
 
 
 def test_a_receiver_down_for_a_while_gets_everything_in_order_per_device(line, receiver):

@@ -2,8 +2,10 @@ import os
 import signal
 import threading
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from connector import outbox
 from connector.relay import Relay
 
 
@@ -22,6 +24,10 @@ class Command(BaseCommand):
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+        if settings.EVENTS_RELAY_NICE > 0:
+            # Device requests first: the relay delivers with the CPU the workers leave.
+            os.nice(settings.EVENTS_RELAY_NICE)
+        outbox.listen_for_wakes()
         relay = Relay().start()
         self.stdout.write(f"relaying as {relay.owner}")
         while not stop.wait(1.0):
