@@ -60,5 +60,10 @@ urlpatterns = [
         subscriptions_api.SubscriptionReplayView.as_view(),
         name="api-subscription-replay",
     ),
+    path(
+        "service/<str:connector_id>/events/subscription/<str:subscription_id>/redeliver",
+        subscriptions_api.SubscriptionRedeliverView.as_view(),
+        name="api-subscription-redeliver",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -36,7 +36,7 @@ class LogFilter:
             if not raw:
                 continue
             try:
-                bounds[name] = _parse_time(raw)
+                bounds[name] = parse_time(raw)
             except ValueError:
                 errors[name] = "Give a date/time like 2026-05-01T12:00 (UTC) or µs since the epoch."
         return cls(type=kind, identity=params.get("identity", "").strip(), **bounds), errors
@@ -46,7 +46,7 @@ class LogFilter:
         return bool(self.type or self.identity or self.since or self.until)
 
 
-def _parse_time(raw: str) -> int:
+def parse_time(raw: str) -> int:
     if raw.isdigit():
         return safeinput.whole_number(raw, "the time")
     moment = dt.datetime.fromisoformat(raw)

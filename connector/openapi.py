@@ -390,6 +390,20 @@ COMPONENTS: dict[str, Schema] = {
         required=False,
     ),
     "ReplayAccepted": obj({"replaying": INTEGER}),
+    "RedeliverIn": obj(
+        {
+            "since": {
+                "oneOf": [STRING, MICROSECONDS],
+                "description": "ISO date/time (UTC) or µs since the epoch",
+            }
+        }
+    ),
+    "RedeliverAccepted": obj(
+        {
+            "owed": INTEGER,
+            "oldest": {**nullable(MICROSECONDS), "description": "the oldest event still held"},
+        }
+    ),
     "FieldErrors": {
         "type": "object",
         "additionalProperties": STRING,

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Min
 from django.utils import timezone
 
 from connector import amqp, events, keys, outbox, webhooks
@@ -415,6 +415,56 @@ def request_replay(subscription: Subscription, ids: list[int] | None, *, actor=N
     if count:
         outbox.wake()
     return count
+
+
+def redeliver(
+    subscription: Subscription, since_us: int, *, actor=None, source_ip=None
+) -> dict[str, int]:
+    """Deliver again every event of the subscription's connector from `since_us` on, in
+    order, as far as the outbox still holds them (delivered rows are kept
+    EVENTS_OUTBOX_RETENTION_DAYS). Each partition's cursor moves back to just before its
+    first event at or after `since_us`, so a device's events restart at one point and stay
+    in order; events after the range the receiver lost arrive a second time under the same
+    ids (receivers drop duplicates by id). The lease is taken from whichever relay holds a
+    cursor, so its in-flight save cannot undo the rewind. Returns the events owed again and
+    the oldest time the outbox still holds."""
+    rows = OutboxEvent.objects.filter(connector_id=subscription.connector_id)
+    if subscription.types:
+        rows = rows.filter(type__in=subscription.types)
+    owed = 0
+    with transaction.atomic():
+        cursors = DeliveryCursor.objects.select_for_update().filter(subscription=subscription)
+        for cursor in cursors:
+            part = rows.filter(partition=cursor.partition)
+            first = part.filter(time__gte=since_us).aggregate(first=Min("id"))["first"]
+            if first is None or first > cursor.last_id:
+                owed += part.filter(id__gt=cursor.last_id).count()
+                continue  # nothing delivered since then in this partition
+            DeliveryCursor.objects.filter(pk=cursor.pk).update(
+                last_id=first - 1,
+                attempts=0,
+                failing_since=None,
+                next_attempt_at=0,
+                lease_owner="",
+                lease_until=0,
+            )
+            owed += part.filter(id__gte=first).count()
+        oldest = rows.aggregate(oldest=Min("time"))["oldest"]
+        events.record(
+            subscription.connector_id,
+            EventType.SETTINGS_CHANGED,
+            f"Event subscription {subscription.id}: events since {_moment(since_us)}"
+            f" delivered again ({owed} owed)",
+            actor=actor,
+            source_ip=source_ip,
+            payload={"subscription": subscription.id, "since": since_us, "owed": owed},
+        )
+    outbox.wake()
+    return {"owed": owed, "oldest": oldest}
+
+
+def _moment(us: int) -> str:
+    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def settings_summary(connector: Connector) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Management API for event subscriptions (SPEC.md section 10):
-`/api:1/service/<connector-id>/events/subscription[/<id>[/test|/rotate]]`."""
+`/api:1/service/<connector-id>/events/subscription[/<id>[/test|/rotate|/deliveries|/replay
+|/redeliver]]`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import subscriptions
+from connector import logs, safeinput, subscriptions
 from connector.api import user_connector
 from connector.models import DeadLetter, Subscription
 from connector.openapi import ref
@@ -141,3 +142,29 @@ class SubscriptionReplayView(APIView):
             return Response({"ids": "Give a list of dead letter ids, or none for all."}, 400)
         count = subscriptions.request_replay(subscription, ids, actor=request.user)
         return Response({"replaying": count}, status=202)
+
+
+class SubscriptionRedeliverView(APIView):
+    @extend_schema(
+        request={"application/json": ref("RedeliverIn")},
+        responses={202: ref("RedeliverAccepted")},
+    )
+    def post(self, request: Request, connector_id: str, subscription_id: str) -> Response:
+        subscription = _subscription(request, connector_id, subscription_id)
+        data = request.data if isinstance(request.data, dict) else {}
+        since, error = data.get("since"), None
+        if set(data) - {"since"}:
+            error = "Only since is taken."
+        else:
+            try:
+                since = logs.parse_time(since) if isinstance(since, str) else since
+            except (ValueError, safeinput.InputError):
+                since = None
+            if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since < 2**62:
+                error = "Give a date/time like 2026-05-01T12:00 (UTC) or µs since the epoch."
+        if error:
+            return Response({"since": error}, status=400)
+        found = subscriptions.redeliver(
+            subscription, since, actor=request.user, source_ip=_ip(request)
+        )
+        return Response(found, status=202)

@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import hashlib
 import http.server
+import io
 import json
 import os
 import signal
@@ -20,10 +21,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from django.db import transaction
+from django.db.models import Max
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from connector import outbox, relay, webhooks
-from connector.models import OutboxEvent
+from connector.models import DeliveryCursor, OutboxEvent
 from devices.models import Device, DeviceActivity
 from tests.test_long_poll import ServerProcess
 
@@ -400,6 +403,42 @@ def test_a_dead_letter_is_listed_with_the_last_answer_and_replayed_under_its_id(
     assert done["replayed"]
 
 
+def test_events_since_a_time_are_delivered_again_in_order_under_their_ids(line, receiver):
+    line, _env = line
+    created = line.subscribe(receiver.url, types=["data_in"])
+    base = f"/service/{line.id}/events/subscription/{created['id']}"
+    tokens = {}
+    for identity in ("dev-a", "dev-b"):
+        line.whitelist(identity)
+        tokens[identity] = line.activate(identity)
+    for n in range(4):
+        for token in tokens.values():
+            assert line.write(token, f"temp={n}") == 204
+    first = receiver.wait_for(8)
+    since = sorted(e["timestamp"] for e in first)[4]  # the third round of writes on
+    again = line.api("POST", f"{base}/redeliver", json={"since": since})
+    assert again.status_code == 202 and again.json()["owed"] == 4
+    assert again.json()["oldest"] <= min(e["timestamp"] for e in first)
+    deadline = time.monotonic() + 20
+    while len(receiver.events()) < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    repeated = receiver.events()[8:]
+    assert sorted(e["id"] for e in repeated) == sorted(
+        e["id"] for e in first if e["timestamp"] >= since
+    )  # the same events, under the same ids, nothing older
+    for identity in tokens:  # and each device's in order again
+        values = [e["payload"][0]["values"]["temp"] for e in repeated if e["identity"] == identity]
+        assert values == ["2", "3"]
+    # The rewind is logged with its actor; a bad time is a 400 that moves nothing.
+    logged = line.api("GET", f"/service/{line.id}/logs?type=settings_changed").json()["events"]
+    assert "delivered again (4 owed)" in logged[0]["summary"]
+    for bad in ({"since": "yesterday"}, {"since": -1}, {"since": True}, {"until": 1}, []):
+        answer = line.api("POST", f"{base}/redeliver", json=bad)
+        assert answer.status_code == 400 and "since" in answer.json(), bad
+    time.sleep(0.3)
+    assert len(receiver.events()) == 12
+
+
 def test_410_gone_disables_the_subscription(line, receiver):
     line, _env = line
     created = line.subscribe(receiver.url)
@@ -648,3 +687,35 @@ def test_no_outbox_row_without_an_enabled_subscription(transactional_db, connect
     device_services.whitelist_device(connector, "q-1")
     assert services.activate_device(connector, "q-1", None, "127.0.0.1", secure=True).status == 200
     assert not OutboxEvent.objects.exists()
+
+
+def test_redeliver_events_command_rewinds_and_refuses_what_it_cannot(transactional_db, connector):
+    from django.core.management import CommandError, call_command
+
+    from connector import subscriptions
+
+    subscription, _secret = subscriptions.create(
+        connector, {"webhook": {"url": "http://127.0.0.1:9/x"}}
+    )
+    device = Device.objects.create(connector=connector, identity="dev-c")
+    with transaction.atomic():
+        outbox.add(
+            [
+                outbox.row(connector.id, "data_in", device.id, "dev-c", None, 1000 + n)
+                for n in range(3)
+            ]
+        )
+    DeliveryCursor.objects.filter(subscription=subscription).update(
+        last_id=OutboxEvent.objects.aggregate(m=Max("id"))["m"]
+    )
+    out = io.StringIO()
+    call_command("redeliver_events", subscription.id, "--since", "1001", stdout=out)
+    assert "2 events will be delivered again" in out.getvalue()
+    cursor = DeliveryCursor.objects.get(
+        subscription=subscription, partition=outbox.partition_of(device.id)
+    )
+    assert cursor.last_id == OutboxEvent.objects.get(time=1000).id
+    with pytest.raises(CommandError, match="No subscription"):
+        call_command("redeliver_events", "sub_nope", "--since", "1")
+    with pytest.raises(CommandError, match="--since"):
+        call_command("redeliver_events", subscription.id, "--since", "soon")
