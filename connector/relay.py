@@ -293,6 +293,13 @@ class Relay:
                     return Outcome(cursor, subscription, handled, 0, "", False, False)
                 leased_at = time.monotonic()
             msg_id, body, objects = message(chunk, batched=size > 1)
+            if cursor.failing_since and not cursor.attempts and _expired(chunk[-1]):
+                # The receiver is failing and the retry period of these events (not tried
+                # yet) is over: they go to the dead letters unsent, so a long outage leaves
+                # no more than that period of events owed, and no request per expired event.
+                self._dead_letter(cursor, chunk[-1], body, None, "not sent: expired", "")
+                cursor.last_id, handled, chunk = event.id, number + 1, []
+                continue
             status, retry_after, excerpt = None, None, ""
             try:
                 destination = destination or destination_for(subscription)
@@ -326,25 +333,31 @@ class Relay:
         return renewed == 1
 
     def _failed(self, cursor, event, body, status, error, excerpt, retry_after) -> None:
+        """A failed attempt: try again after a backoff, or, once the event is older than
+        EVENTS_RETRY_SECONDS, dead-letter it and go on to the next (at once: the cursor
+        stays failing, so the events after it that have expired too follow it unsent)."""
         now = now_us()
         cursor.attempts += 1
         cursor.failing_since = cursor.failing_since or now
-        if now - cursor.failing_since >= settings.EVENTS_RETRY_SECONDS * 1_000_000:
-            with WRITER_LOCK.held():
-                DeadLetter.objects.create(
-                    subscription_id=cursor.subscription_id,
-                    event_id=event.id,
-                    body=body.decode(),
-                    attempts=cursor.attempts,
-                    last_status=status,
-                    last_error=error[:500],
-                    last_response=excerpt[:1000],
-                )
-            cursor.last_id, cursor.attempts, cursor.failing_since = event.id, 0, None
+        if _expired(event):
+            self._dead_letter(cursor, event, body, status, error, excerpt)
             cursor.next_attempt_at = 0
             return
         wait = backoff_s(cursor.attempts, retry_after)
         cursor.next_attempt_at = now + int(wait * 1_000_000)
+
+    def _dead_letter(self, cursor, event, body, status, error, excerpt) -> None:
+        with WRITER_LOCK.held():
+            DeadLetter.objects.create(
+                subscription_id=cursor.subscription_id,
+                event_id=event.id,
+                body=body.decode(),
+                attempts=cursor.attempts,
+                last_status=status,
+                last_error=error[:500],
+                last_response=excerpt[:1000],
+            )
+        cursor.last_id, cursor.attempts = event.id, 0  # still failing_since: see deliver
 
     def _save_all(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
@@ -371,6 +384,11 @@ class Relay:
         from connector import subscriptions
 
         subscriptions.disable(subscription, reason)
+
+
+def _expired(event: OutboxEvent) -> bool:
+    """Whether an event's retry period (EVENTS_RETRY_SECONDS from its commit) is over."""
+    return now_us() - event.time >= settings.EVENTS_RETRY_SECONDS * 1_000_000
 
 
 def message(events: list[OutboxEvent], *, batched: bool) -> tuple[str, bytes, list[dict]]:

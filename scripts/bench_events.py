@@ -91,7 +91,8 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> None:
             api,
             json={
                 "types": ["data_in"],
-                "webhook": {"url": f"http://127.0.0.1:{receiver_port}/"},
+                # --receiver-down: a port nobody listens on (the relay fails and backs off)
+                "webhook": {"url": f"http://127.0.0.1:{receiver_port + args.receiver_down}/"},
                 "batch": args.batch,
             },
             headers=auth,
@@ -199,6 +200,13 @@ def main() -> None:
     parser.add_argument("--pace-ms", type=int, default=10, help="pause after each answer")
     parser.add_argument("--paced-connections", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1, help="events per webhook delivery")
+    parser.add_argument(
+        "--receiver-down",
+        action="store_const",
+        const=1,
+        default=0,
+        help="the receiver is down: backpressure (use with --drain 1)",
+    )
     parser.add_argument("--drain", type=int, default=120, help="seconds to wait for the backlog")
     backend_options(parser, port=8785)
     args = parser.parse_args()

@@ -45,6 +45,7 @@ class Receiver:
     def __init__(self):
         self.received: list[tuple[dict, bytes]] = []
         self.status = 204
+        self.requests = 0
         self.extra_headers: dict[str, str] = {}
         self.lock = threading.Lock()
         owner = self
@@ -53,6 +54,7 @@ class Receiver:
             def do_POST(self):  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status = owner.status
+                owner.requests += 1
                 if 200 <= status < 300:
                     with owner.lock:
                         owner.received.append((dict(self.headers.items()), body))
@@ -510,8 +512,13 @@ def rabbit():
     queue = channel.queue_declare("", exclusive=True).method.queue
     channel.queue_bind(queue, exchange, routing_key="#")
     yield channel, exchange, queue
-    channel.exchange_delete(exchange)
-    connection.close()
+    try:
+        channel.exchange_delete(exchange)
+        connection.close()
+    except AMQPError:  # the broker was restarted by the test: clean up on a new connection
+        connection, channel = rabbit_channel()
+        channel.exchange_delete(exchange)
+        connection.close()
 
 
 def consume(channel, queue, count: int, timeout: float = 30) -> list:
@@ -719,3 +726,102 @@ def test_redeliver_events_command_rewinds_and_refuses_what_it_cannot(transaction
         call_command("redeliver_events", "sub_nope", "--since", "1")
     with pytest.raises(CommandError, match="--since"):
         call_command("redeliver_events", subscription.id, "--since", "soon")
+
+
+def rabbit_channel():
+    import pika
+
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", 5672, connection_attempts=20, retry_delay=0.5)
+    )
+    return connection, connection.channel()
+
+
+def rabbitmqctl(*args: str) -> None:
+    from tests.conftest import require
+
+    try:
+        done = subprocess.run(["rabbitmqctl", *args], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        done = None
+    require(done is not None and done.returncode == 0, "rabbitmqctl (root on the broker host)")
+
+
+def test_a_broker_restart_loses_nothing(line, rabbit):
+    """RabbitMQ stops (every connection dropped) while devices keep writing: the writes are
+    acknowledged, the relay's publishes fail and back off, and once the broker is back
+    every event arrives, in order, into a durable queue that outlived the restart."""
+    import uuid
+
+    line, _env = line
+    channel, exchange, _queue = rabbit
+    durable = f"iot-test-durable-{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(durable, durable=True)
+    channel.queue_bind(durable, exchange, routing_key="#")
+    line.api(
+        "POST",
+        f"/service/{line.id}/events/subscription",
+        json={"types": ["data_in"], "amqp": {"url": "amqp://127.0.0.1/", "exchange": exchange}},
+    )
+    line.whitelist("dev-s")
+    token = line.activate("dev-s")
+    assert line.write(token, "temp=0") == 204
+    assert len(consume(channel, durable, 1)) == 1
+    rabbitmqctl("stop_app")
+    try:
+        for n in range(1, 6):
+            assert line.write(token, f"temp={n}") == 204  # the device API does not wait
+        time.sleep(2)  # the relay tries, fails, backs off
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+    connection, channel = rabbit_channel()
+    try:
+        events = [body for _p, _k, body in consume(channel, durable, 5, timeout=60)]
+        assert [e["payload"][0]["values"]["temp"] for e in events] == ["1", "2", "3", "4", "5"]
+        channel.queue_delete(durable)
+    finally:
+        connection.close()
+
+
+def test_a_long_outage_dead_letters_expired_events_without_a_request_each(
+    transactional_db, connector, receiver, settings
+):
+    """Each event is retried for EVENTS_RETRY_SECONDS from its commit. When the receiver
+    has been failing past that, the head event is dead-lettered after its last attempt and
+    the expired events behind it follow unsent: the undelivered outbox stays bounded by the
+    retry period, and a week-long outage costs no request per event."""
+    from connector import subscriptions
+    from connector.models import DeadLetter, now_us
+
+    settings.EVENTS_RETRY_SECONDS = 3 * 86400
+    subscription, _secret = subscriptions.create(connector, {"webhook": {"url": receiver.url}})
+    device = Device.objects.create(connector=connector, identity="dev-o")
+    four_days_ago = now_us() - 4 * 86400 * 1_000_000
+    fresh = now_us()
+    with transaction.atomic():
+        outbox.add(
+            [
+                outbox.row(connector.id, "data_in", device.id, "dev-o", None, four_days_ago + n)
+                for n in range(5)
+            ]
+            + [outbox.row(connector.id, "data_in", device.id, "dev-o", None, fresh)]
+        )
+    receiver.status = 503
+    worker = relay.Relay()
+    for _ in range(10):
+        worker.step()
+    dead = list(DeadLetter.objects.order_by("event_id"))
+    assert len(dead) == 5 and receiver.requests == 2  # the head, then the fresh one
+    assert dead[0].last_status == 503 and dead[0].attempts == 1
+    assert [d.last_error for d in dead[1:]] == ["not sent: expired"] * 4
+    # The fresh event is owed still: retried with backoff, not dead-lettered.
+    cursor = DeliveryCursor.objects.get(
+        subscription=subscription, partition=outbox.partition_of(device.id)
+    )
+    assert cursor.last_id == dead[-1].event_id and cursor.attempts == 1
+    assert cursor.next_attempt_at > now_us()
+    receiver.status = 204
+    DeliveryCursor.objects.filter(pk=cursor.pk).update(next_attempt_at=0)
+    worker.step()
+    assert [e["timestamp"] for e in receiver.events()] == [fresh]
