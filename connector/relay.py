@@ -46,6 +46,7 @@ from provisioning.rows import WRITER_LOCK
 log = logging.getLogger(__name__)
 
 LEASE_S = 15
+EXPIRY_EVERY_S = 5  # how often a relay announces the activation windows that closed
 BATCH = 100
 # When caught up, a relay gathers events this long before its next look (seconds).
 COALESCE_S = 0.05
@@ -127,6 +128,7 @@ class Relay:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.expiry_due = 0.0
 
     # --- running -----------------------------------------------------------------------------
 
@@ -177,6 +179,11 @@ class Relay:
         """Lease what is due and deliver it: the events delivered or passed, and whether a
         partition had more than one batch waiting. The cursors moved are saved together,
         in one transaction (on SQLite, under the store's writer lock)."""
+        if time.monotonic() >= self.expiry_due:
+            self.expiry_due = time.monotonic() + EXPIRY_EVERY_S
+            from devices.services import announce_expired
+
+            announce_expired()
         replayed = self.replay_due()
         cursors = self.lease()
         if not cursors:

@@ -119,6 +119,13 @@ class Device(models.Model):
                 name="device_secret",
                 condition=~Q(secret_hash=""),
             ),
+            # Deadlines passing (devices.services.announce_expired): a range on `expire`
+            # among the devices still waiting to provision.
+            models.Index(
+                fields=["expire"],
+                name="device_waiting_expire",
+                condition=Q(state="whitelisted"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -239,3 +246,13 @@ class DataPoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias}@{self.timestamp}={self.value}"
+
+
+class ExpiryMark(models.Model):
+    """One row: activation deadlines up to `until` (µs) have been announced as `expired`
+    events. Moved forward only together with the events it covers, in one transaction."""
+
+    until = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"expiries announced up to {self.until}"

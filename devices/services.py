@@ -11,9 +11,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from connector import events, keys, outbox
-from connector.models import Connector, EventType, now_us
+from connector.models import Connector, Event, EventType, now_us
 from connector.sql import insert_rows
-from devices.models import AliasValue, Device, DeviceAuthType, DeviceTag, Status
+from devices.models import AliasValue, Device, DeviceAuthType, DeviceTag, ExpiryMark, Status
 from devices.resources import value_error
 from devices.validation import check_device_certificate, check_expire, check_identity, check_tags
 from provisioning import digicert, longpoll, pki
@@ -355,3 +355,52 @@ def set_state(device: Device, values: dict, *, actor=None) -> None:
             ]
         )
         longpoll.announce(device.pk, list(clean))
+
+
+EXPIRY_BATCH = 1000
+
+
+def announce_expired(now: int | None = None) -> int:
+    """The `expired` events of the devices whose activation window closed since the last
+    look (whitelisted, unlocked, deadline passed): a Logs tab event and, for connectors with
+    events delivered, an outbox row each, in the transaction that moves `ExpiryMark` past
+    them, so each deadline is announced once whichever relay looks (the first look starts
+    from now). Returns how many were announced; the relay calls it every EXPIRY_EVERY_S."""
+    from provisioning.rows import WRITER_LOCK
+
+    now = now_us() if now is None else now
+    with WRITER_LOCK.held(), transaction.atomic():
+        mark = ExpiryMark.objects.select_for_update().filter(pk=1).first()
+        if mark is None:
+            ExpiryMark.objects.create(pk=1, until=now)
+            return 0
+        due = list(
+            Device.objects.filter(
+                state=Status.WHITELISTED, locked=False, expire__gt=mark.until, expire__lte=now
+            )
+            .order_by("expire")
+            .values_list("id", "connector_id", "identity", "expire")[:EXPIRY_BATCH]
+        )
+        until = due[-1][3] if len(due) == EXPIRY_BATCH else now
+        insert_rows(
+            Event,
+            events.COLUMNS,
+            [
+                events.row(
+                    connector_id,
+                    EventType.EXPIRED,
+                    "Activation window closed without provisioning",
+                    identity=identity,
+                    payload={"expire": expire},
+                )
+                for _pk, connector_id, identity, expire in due
+            ],
+        )
+        outbox.add(
+            [
+                outbox.row(connector_id, "expired", pk, identity, None, expire)
+                for pk, connector_id, identity, expire in due
+            ]
+        )
+        ExpiryMark.objects.filter(pk=1).update(until=until)
+    return len(due)

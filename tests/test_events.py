@@ -825,3 +825,37 @@ def test_a_long_outage_dead_letters_expired_events_without_a_request_each(
     DeliveryCursor.objects.filter(pk=cursor.pk).update(next_attempt_at=0)
     worker.step()
     assert [e["timestamp"] for e in receiver.events()] == [fresh]
+
+
+def test_closed_activation_windows_are_announced_once_as_expired_events(
+    db, connector, bobs_connector, receiver
+):
+    """Whitelisted devices whose deadline passes without provisioning give an `expired`
+    event (Logs tab; and the outbox where events are delivered), once each, from the first
+    look on; provisioned and locked devices do not."""
+    from connector import subscriptions
+    from connector.models import Event, EventType, now_us
+    from devices.services import announce_expired, whitelist_device
+
+    subscriptions.create(connector, {"webhook": {"url": receiver.url}, "types": ["expired"]})
+    start = now_us()
+    assert announce_expired(start) == 0  # the first look only sets the mark
+    second = 1_000_000
+    for identity, offset in [("a", 10), ("b", 20), ("gone", 12), ("held", 15), ("later", 100)]:
+        whitelist_device(connector, identity, expire=start + offset * second)
+    whitelist_device(bobs_connector, "bobs", expire=start + 18 * second)  # no subscription
+    Device.objects.filter(identity="gone").update(state="provisioned")
+    Device.objects.filter(identity="held").update(locked=True)
+    assert announce_expired(start + 25 * second) == 3
+    assert announce_expired(start + 25 * second) == 0  # once
+    rows = OutboxEvent.objects.order_by("time")
+    assert [(r.identity, r.type, r.time) for r in rows] == [
+        ("a", "expired", start + 10 * second),
+        ("b", "expired", start + 20 * second),
+    ]  # bob's connector delivers no events
+    assert outbox.event_json(rows[0])["payload"] == []
+    logged = Event.objects.filter(type=EventType.EXPIRED).order_by("identity")
+    assert [e.identity for e in logged] == ["a", "b", "bobs"]
+    assert logged[0].summary == "Activation window closed without provisioning"
+    assert announce_expired(start + 200 * second) == 1  # "later" in its turn
+    assert OutboxEvent.objects.filter(identity="later").count() == 1
