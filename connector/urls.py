@@ -27,6 +27,16 @@ urlpatterns = [
         name="subscription-replay",
     ),
     path(
+        "c/<str:connector_id>/events/<str:subscription_id>/rotate/",
+        views.subscription_rotate,
+        name="subscription-rotate",
+    ),
+    path(
+        "c/<str:connector_id>/events/<str:subscription_id>/redeliver/",
+        views.subscription_redeliver,
+        name="subscription-redeliver",
+    ),
+    path(
         "c/<str:connector_id>/events/<str:subscription_id>/delete/",
         views.subscription_delete,
         name="subscription-delete",

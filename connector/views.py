@@ -110,20 +110,32 @@ def subscription_create(request: HttpRequest, connector_id: str) -> HttpResponse
     """The Settings tab's Events section: a webhook subscription; its secret shown once."""
     connector = user_connector(request, connector_id)
     batch = request.POST.get("batch", "1").strip() or "1"
-    data = {
+    data: dict = {
         "types": request.POST.getlist("types"),
-        "webhook": {"url": request.POST.get("url", "").strip()},
         "batch": int(batch) if batch.isascii() and batch.isdigit() and len(batch) < 4 else -1,
     }
+    if request.POST.get("destination") == "amqp":
+        data["amqp"] = {
+            name: request.POST.get(f"amqp_{name}", "").strip()
+            for name in ("url", "exchange", "routing_key")
+            if request.POST.get(f"amqp_{name}", "").strip()
+        }
+    else:
+        data["webhook"] = {"url": request.POST.get("url", "").strip()}
     try:
         found, secret = subscriptions.create(
             connector, data, actor=request.user, source_ip=request.META.get("REMOTE_ADDR")
         )
     except subscriptions.InvalidSubscription as exc:
         for field, message in exc.errors.items():
-            label = {"webhook.url": "URL", "types": "Event types", "batch": "Batch"}.get(
-                field, field
-            )
+            label = {
+                "webhook.url": "URL",
+                "types": "Event types",
+                "batch": "Batch",
+                "amqp.url": "Broker URL",
+                "amqp.exchange": "Exchange",
+                "amqp.routing_key": "Routing key",
+            }.get(field, field)
             messages.error(request, f"{label}: {message}")
         return _events_section(connector)
     messages.success(
@@ -158,6 +170,37 @@ def subscription_replay(request: HttpRequest, connector_id: str, subscription_id
     connector, found = _subscription(request, connector_id, subscription_id)
     count = subscriptions.request_replay(found, None, actor=request.user)
     messages.success(request, f"{count} dead letter{'s' if count != 1 else ''} will be sent again.")
+    return _events_section(connector)
+
+
+@login_required
+@require_POST
+def subscription_rotate(request: HttpRequest, connector_id: str, subscription_id: str):
+    connector, found = _subscription(request, connector_id, subscription_id)
+    secret = subscriptions.rotate_secret(found, actor=request.user)
+    messages.success(
+        request,
+        f"Subscription {found.id} has a new signing secret, shown this once: {secret}. "
+        "The old one keeps signing beside it for 24 hours.",
+    )
+    return _events_section(connector)
+
+
+@login_required
+@require_POST
+def subscription_redeliver(request: HttpRequest, connector_id: str, subscription_id: str):
+    connector, found = _subscription(request, connector_id, subscription_id)
+    try:
+        since = logs.parse_time(request.POST.get("since", "").strip())
+    except (ValueError, safeinput.InputError):
+        messages.error(
+            request, "Deliver again since: give a date/time like 2026-05-01T12:00 (UTC)."
+        )
+        return _events_section(connector)
+    result = subscriptions.redeliver(
+        found, since, actor=request.user, source_ip=request.META.get("REMOTE_ADDR")
+    )
+    messages.success(request, f"{result['owed']} events will be delivered again, in order.")
     return _events_section(connector)
 
 

@@ -66,7 +66,60 @@ def test_another_users_subscription_is_404(browser_client, bobs_connector):
     theirs, _secret = subscriptions.create(
         bobs_connector, {"webhook": {"url": "https://hooks.example.com/x"}}
     )
-    for name in ("subscription-test", "subscription-delete", "subscription-replay"):
+    names = ("subscription-test", "subscription-delete", "subscription-replay")
+    for name in names + ("subscription-rotate", "subscription-redeliver"):
         url = reverse(name, args=[bobs_connector.id, theirs.id])
         assert browser_client.post(url).status_code == 404
     assert Subscription.objects.filter(pk=theirs.pk).exists()
+
+
+def test_a_broker_subscription_from_the_page_keeps_its_password_unshown(browser_client, connector):
+    response = browser_client.post(
+        reverse("subscription-create", args=[connector.id]),
+        {
+            "destination": "amqp",
+            "amqp_url": "amqp://app:s3cret-pw@127.0.0.1:5672/%2F",
+            "amqp_exchange": "iot.events",
+            "amqp_routing_key": "{connector}.{type}",
+            "types": ["data_in"],
+        },
+        follow=True,
+    )
+    html = response.content.decode()
+    subscription = Subscription.objects.get()
+    assert subscription.kind == Subscription.Kind.AMQP and subscription.types == ["data_in"]
+    assert "amqp://app@127.0.0.1:5672/%2F" in html and "iot.events" in html
+    assert "s3cret-pw" not in html and "s3cret-pw" not in settings_page(browser_client, connector)
+    assert "Rotate secret" not in settings_page(browser_client, connector)  # no signing secret
+    bad = browser_client.post(
+        reverse("subscription-create", args=[connector.id]),
+        {"destination": "amqp", "amqp_url": "http://nope", "amqp_exchange": "x"},
+        follow=True,
+    )
+    assert "Broker URL:" in bad.content.decode() and Subscription.objects.count() == 1
+
+
+def test_rotating_the_secret_and_delivering_again_from_the_page(browser_client, connector):
+    from connector import subscriptions
+
+    found, old = subscriptions.create(
+        connector, {"webhook": {"url": "https://hooks.example.com/x"}}
+    )
+    rotated = browser_client.post(
+        reverse("subscription-rotate", args=[connector.id, found.id]), follow=True
+    ).content.decode()
+    new = re.search(r"new signing secret, shown this once: (whsec_[A-Za-z0-9+/=]+)", rotated)
+    assert new and new.group(1) != old
+    assert new.group(1) not in settings_page(browser_client, connector)
+    again = browser_client.post(
+        reverse("subscription-redeliver", args=[connector.id, found.id]),
+        {"since": "2026-05-01T12:00"},
+        follow=True,
+    ).content.decode()
+    assert "0 events will be delivered again, in order." in again
+    bad = browser_client.post(
+        reverse("subscription-redeliver", args=[connector.id, found.id]),
+        {"since": "last tuesday"},
+        follow=True,
+    ).content.decode()
+    assert "Deliver again since: give a date/time" in bad

@@ -18,13 +18,13 @@ document.addEventListener("click", async (event) => {
   setTimeout(() => { button.textContent = label; }, 1500);
 });
 
-// Show a block only while its controlling checkbox is ticked (or its select has a value).
+// Show a block only while its controlling checkbox or radio is ticked (or its select has a value).
 function syncConditional() {
   document.querySelectorAll("[data-show-when]").forEach((block) => {
     const control = document.querySelector(block.dataset.showWhen);
     if (!control) return;
     const wanted = block.dataset.showValue;
-    const shown = control.type === "checkbox" ? control.checked : (wanted ? control.value === wanted : !!control.value);
+    const shown = ["checkbox", "radio"].includes(control.type) ? control.checked : (wanted ? control.value === wanted : !!control.value);
     block.hidden = !shown && !block.querySelector(".has-error");
   });
 }
