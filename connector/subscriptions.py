@@ -370,6 +370,12 @@ def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
+def recent_dead_letters(subscription: Subscription, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest dead letters not replayed yet, for the Events section."""
+    letters = DeadLetter.objects.filter(subscription=subscription, replayed_at__isnull=True)
+    return [dead_letter_json(d) for d in letters.order_by("-id")[:limit]]
+
+
 def failing_json(subscription: Subscription) -> list[dict[str, Any]]:
     """The events being retried now: one per partition held back, with its last error."""
     found = []

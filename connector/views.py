@@ -94,7 +94,10 @@ def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
         "connector/settings.html",
         form=form,
         client_cas=form.existing_cas,
-        subscriptions=[subscriptions.as_json(found) for found in connector.subscriptions.all()],
+        subscriptions=[
+            subscriptions.as_json(found) | {"dead": subscriptions.recent_dead_letters(found)}
+            for found in connector.subscriptions.all()
+        ],
         event_types=outbox.TYPES,
         status=400 if form.errors else 200,
     )
@@ -168,7 +171,12 @@ def subscription_test(request: HttpRequest, connector_id: str, subscription_id: 
 @require_POST
 def subscription_replay(request: HttpRequest, connector_id: str, subscription_id: str):
     connector, found = _subscription(request, connector_id, subscription_id)
-    count = subscriptions.request_replay(found, None, actor=request.user)
+    letter = request.POST.get("letter", "")
+    ids = [int(letter)] if letter.isascii() and letter.isdigit() and len(letter) < 19 else None
+    if letter and ids is None:
+        messages.error(request, "No such dead letter.")
+        return _events_section(connector)
+    count = subscriptions.request_replay(found, ids, actor=request.user)
     messages.success(request, f"{count} dead letter{'s' if count != 1 else ''} will be sent again.")
     return _events_section(connector)
 

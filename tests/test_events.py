@@ -46,6 +46,7 @@ class Receiver:
         self.received: list[tuple[dict, bytes]] = []
         self.status = 204
         self.requests = 0
+        self.delay = 0.0
         self.extra_headers: dict[str, str] = {}
         self.lock = threading.Lock()
         owner = self
@@ -55,6 +56,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status = owner.status
                 owner.requests += 1
+                time.sleep(owner.delay)
                 if 200 <= status < 300:
                     with owner.lock:
                         owner.received.append((dict(self.headers.items()), body))
@@ -357,6 +359,38 @@ def test_kill_9_of_the_server_mid_stream_loses_no_acknowledged_event(line, recei
     assert first_seen == [str(n) for n in acknowledged]  # all of them, in order
     by_id = {}
     for event in found:  # a duplicate is the same event under the same id
+        assert by_id.setdefault(event["id"], event) == event
+
+
+def test_kill_9_of_the_relay_mid_delivery_loses_nothing_and_repeats_under_the_same_ids(
+    line, receiver
+):
+    """The relay process dies while delivering: the server starts another, which waits out
+    the dead one's leases and goes on from the last cursor saved; duplicates share ids."""
+    line, _env = line
+    line.subscribe(receiver.url, types=["data_in"])
+    tokens = {}
+    for identity in ("dev-x", "dev-y"):
+        line.whitelist(identity)
+        tokens[identity] = line.activate(identity)
+    receiver.delay = 0.02
+    for n in range(30):
+        for token in tokens.values():
+            assert line.write(token, f"temp={n}") == 204
+    receiver.wait_for(5)
+    (relay_pid,) = [
+        pid
+        for pid in _children(line.server.process.pid)
+        if b"relay_events" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    os.kill(relay_pid, signal.SIGKILL)
+    receiver.delay = 0
+    found = receiver.wait_for(60, timeout=60)
+    for identity in tokens:
+        values = [e["payload"][0]["values"]["temp"] for e in found if e["identity"] == identity]
+        assert list(dict.fromkeys(values)) == [str(n) for n in range(30)]  # all, in order
+    by_id = {}
+    for event in found:
         assert by_id.setdefault(event["id"], event) == event
 
 

@@ -1,6 +1,7 @@
 """The Settings tab's Events section (issue #15): add a webhook subscription (its secret shown
 once), see its health, send a test event to a real receiver, replay, delete."""
 
+import json
 import re
 
 from django.urls import reverse
@@ -123,3 +124,37 @@ def test_rotating_the_secret_and_delivering_again_from_the_page(browser_client, 
         follow=True,
     ).content.decode()
     assert "Deliver again since: give a date/time" in bad
+
+
+def test_dead_letters_show_the_last_answer_and_replay_one_by_one(browser_client, connector):
+    from connector import subscriptions
+    from connector.models import DeadLetter
+
+    found, _secret = subscriptions.create(
+        connector, {"webhook": {"url": "https://hooks.example.com/x"}}
+    )
+    letters = [
+        DeadLetter.objects.create(
+            subscription=found,
+            event_id=n,
+            body=json.dumps({"id": f"evt_{n}", "type": "data_in", "identity": f"dev-{n}"}),
+            attempts=7,
+            last_status=500 + n,
+            last_response=f"broken <b>{n}</b>",
+        )
+        for n in (1, 2)
+    ]
+    html = settings_page(browser_client, connector)
+    assert "evt_1" in html and "HTTP 502" in html and "7 attempts" in html
+    assert "broken &lt;b&gt;2&lt;/b&gt;" in html  # the receiver's answer, escaped
+    browser_client.post(
+        reverse("subscription-replay", args=[connector.id, found.id]), {"letter": letters[1].id}
+    )
+    asked = {d.pk: d.replay_requested_at for d in DeadLetter.objects.all()}
+    assert asked[letters[1].pk] is not None and asked[letters[0].pk] is None  # that one only
+    assert "replay asked" in settings_page(browser_client, connector)
+    bad = browser_client.post(
+        reverse("subscription-replay", args=[connector.id, found.id]), {"letter": "x"}, follow=True
+    )
+    assert "No such dead letter." in bad.content.decode()
+    assert DeadLetter.objects.get(pk=letters[0].pk).replay_requested_at is None
