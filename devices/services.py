@@ -371,8 +371,12 @@ def announce_expired(now: int | None = None) -> int:
     now = now_us() if now is None else now
     with WRITER_LOCK.held(), transaction.atomic():
         mark = ExpiryMark.objects.select_for_update().filter(pk=1).first()
-        if mark is None:
-            ExpiryMark.objects.create(pk=1, until=now)
+        if mark is None:  # the first look: from now on (another relay may be making it too)
+            try:
+                with transaction.atomic():
+                    ExpiryMark.objects.create(pk=1, until=now)
+            except IntegrityError:
+                pass
             return 0
         due = list(
             Device.objects.filter(
