@@ -36,7 +36,8 @@ class PahoPeer:
         self.port = self.sock.getsockname()[1]
         self.packets: list = []
         self.errors: list[str] = []
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
 
     def serve(self):
         with self.sock:
@@ -80,10 +81,14 @@ def test_what_paho_sends_reads_as_the_standard_means_it_and_paho_takes_the_answe
         client.publish("$resource.batch", '[{"timestamp": 1, "values": {"temp": 1}}]', qos=0)
         client.subscribe("$resource/#", qos=1)
         big = b"x" * 200_000  # a multi-byte remaining length
-        client.publish("$resource/blob", big, qos=1).wait_for_publish(5)
+        last = client.publish("$resource/blob", big, qos=1)
+        last.wait_for_publish(5)
+        assert last.is_published()
     finally:
         client.disconnect()
         client.loop_stop()
+    peer.thread.join(5)  # the peer has read everything up to the DISCONNECT
+    assert not peer.thread.is_alive()
     assert peer.errors == []
     connect, *rest = peer.packets
     assert connect == codec.Connect("MQTT", 4, True, 30, "", "", b"t" * 40, False)
