@@ -15,7 +15,14 @@ from django.utils import timezone
 
 from connector import signin
 from connector.identity import Casing, IdentityFormat, IdentityType, format_error
-from connector.models import AuthType, Connector, User, Vendor
+from connector.models import (
+    HTTP_PROTOCOL,
+    MQTT_PROTOCOL,
+    AuthType,
+    Connector,
+    User,
+    Vendor,
+)
 from devices.resources import check_definitions
 from provisioning.pki import (
     CertInfo,
@@ -140,6 +147,12 @@ class SecretTextarea(forms.Textarea):
         return ""
 
 
+PROTOCOL_CHOICES = [
+    (HTTP_PROTOCOL, "HTTP (onep:v1/http)"),
+    (MQTT_PROTOCOL, "MQTT and HTTP (murano:v1/mqtt)"),
+]
+
+
 class SettingsForm(forms.Form):
     """Every connector setting (SPEC.md section 5). Bound to one connector."""
 
@@ -148,6 +161,11 @@ class SettingsForm(forms.Form):
         label="Enable Developer Mode",
         required=False,
         help_text="Accept plain HTTP from devices. Leave off in production.",
+    )
+    protocol_name = forms.ChoiceField(
+        label="Device protocols",
+        choices=PROTOCOL_CHOICES,
+        help_text="With MQTT, devices may also connect over MQTT 3.1.1 with TLS.",
     )
     # Provisioning
     auth_type = forms.ChoiceField(label="Authentication method", choices=AuthType.choices)
@@ -333,6 +351,7 @@ def initial_from_connector(connector: Connector) -> dict:
     options = connector.vendor_options or {}
     return {
         "devmode": connector.devmode,
+        "protocol_name": connector.protocol_name,
         "auth_type": connector.auth_type,
         "provisioning_enabled": connector.provisioning_enabled,
         "presenter_identity": connector.presenter_identity,

@@ -57,6 +57,9 @@ class User(AbstractBaseUser, PermissionsMixin):
 
 
 CONNECTOR_ID_ALPHABET = string.ascii_lowercase + string.digits
+# Murano's `protocol.name` values (SPEC.md section 8).
+HTTP_PROTOCOL = "onep:v1/http"
+MQTT_PROTOCOL = "murano:v1/mqtt"
 CONNECTOR_ID_LENGTH = 17  # within Murano's 14-20; 17 characters carry 87 bits
 
 
@@ -117,6 +120,8 @@ class Connector(models.Model):
 
     # Protocol
     devmode = models.BooleanField("Enable Developer Mode", default=False)
+    # Murano's `protocol.name`: "onep:v1/http" (HTTP only) or "murano:v1/mqtt" (MQTT too).
+    protocol_name = models.CharField(max_length=32, default=HTTP_PROTOCOL)
     # Provisioning
     provisioning_enabled = models.BooleanField(default=True)
     auth_type = models.CharField(max_length=16, choices=AuthType, default=AuthType.TOKEN)
@@ -260,6 +265,8 @@ class EventType(models.TextChoices):
     SETTINGS_CHANGED = "settings_changed", "Settings changed"
     CONNECTOR_CREATED = "connector_created", "Connector created"
     CONNECTOR_RENAMED = "connector_renamed", "Connector renamed"
+    CONNECT = "connect", "Connected"
+    DISCONNECT = "disconnect", "Disconnected"
 
 
 class Event(models.Model):
@@ -361,6 +368,7 @@ class OutboxEvent(models.Model):
     protocol = models.CharField(max_length=8, default="http")
     time = models.BigIntegerField()  # µs
     payload = models.TextField(default="[]")  # JSON: [{"timestamp", "values"}]
+    connection_id = models.CharField(max_length=32, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [

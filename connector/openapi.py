@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from connector.identity import Casing, IdentityType
-from connector.models import AuthType, EventType
+from connector.models import HTTP_PROTOCOL, MQTT_PROTOCOL, AuthType, EventType
 from connector.outbox import TYPES as OUTBOX_TYPES
 from devices.models import Status
 from devices.resources import FORMATS
@@ -98,7 +98,10 @@ def _settings(*, writable: bool) -> Schema:
         {
             "fqdn": STRING,
             "protocol": obj(
-                {"name": {"type": "string", "enum": ["onep:v1/http"]}, "devmode": BOOLEAN},
+                {
+                    "name": {"type": "string", "enum": [HTTP_PROTOCOL, MQTT_PROTOCOL]},
+                    "devmode": BOOLEAN,
+                },
                 required=required,
             ),
             "provisioning": obj(

@@ -47,9 +47,12 @@ class OutboxRow(NamedTuple):
     protocol: str
     time: int  # µs
     payload: str  # JSON: [{"timestamp": µs, "values": {alias: value}}]
+    connection_id: str = ""  # the MQTT session's (connect, disconnect)
 
 
 COLUMNS = list(OutboxRow._fields)
+# What the store's batch statements insert: their rows leave `connection_id` to its default.
+BATCH_COLUMNS = COLUMNS[:-1]
 
 
 def partition_of(device_id: int) -> int:
@@ -73,9 +76,18 @@ def row(
     time: int,
     payload: str = "[]",
     protocol: str = "http",
+    connection_id: str = "",
 ) -> OutboxRow:
     return OutboxRow(
-        connector_id, partition_of(device_id), type, identity, ip or "", protocol, time, payload
+        connector_id,
+        partition_of(device_id),
+        type,
+        identity,
+        ip or "",
+        protocol,
+        time,
+        payload,
+        connection_id,
     )
 
 
@@ -178,7 +190,7 @@ def event_json(event: OutboxEvent | Any) -> dict[str, Any]:
         "ip": event.ip or None,
         "protocol": event.protocol,
         "timestamp": event.time,
-        "connection_id": None,
+        "connection_id": event.connection_id or None,
         "payload": json.loads(event.payload),
     }
 

@@ -24,6 +24,7 @@ from provisioning import pki
 # Settings columns copied from a validated SettingsForm onto the connector.
 SETTINGS_COLUMNS = (
     "devmode",
+    "protocol_name",
     "auth_type",
     "provisioning_enabled",
     "presenter_identity",

@@ -16,6 +16,7 @@ from provisioning.pki import PKIError, cert_info, load_certificates
 # form field -> (JSON path, JSON type)
 FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "devmode": ("protocol.devmode", bool),
+    "protocol_name": ("protocol.name", str),
     "provisioning_enabled": ("provisioning.enabled", bool),
     "auth_type": ("provisioning.auth_type", str),
     "presenter_identity": ("provisioning.presenter_identity", bool),
@@ -39,8 +40,7 @@ FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
 PATH_TO_FIELD = {path: field for field, (path, _type) in FIELDS.items()}
 FIELD_TO_PATH = {field: path for field, (path, _type) in FIELDS.items()}
 FIELD_TO_PATH["client_ca_remove"] = "pki.client_ca"
-READ_ONLY = {"fqdn", "protocol.name", "events"}
-PROTOCOL_NAME = "onep:v1/http"
+READ_ONLY = {"fqdn", "events"}
 
 
 def settings_to_json(connector: Connector) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def settings_to_json(connector: Connector) -> dict[str, Any]:
         vendor_options = {"ca_certificate": connector.signer_ca_pem or None}
     return {
         "fqdn": connector.fqdn,
-        "protocol": {"name": PROTOCOL_NAME, "devmode": connector.devmode},
+        "protocol": {"name": connector.protocol_name, "devmode": connector.devmode},
         "provisioning": {
             "enabled": connector.provisioning_enabled,
             "auth_type": connector.auth_type,

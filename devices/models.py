@@ -206,6 +206,23 @@ class DeviceActivity(models.Model):
         return dt.datetime.fromtimestamp(self.last_seen / 1_000_000, tz=dt.UTC)
 
 
+class DeviceSession(models.Model):
+    """The device's MQTT session, now or last: connected while `connected_at` is set and the
+    gateway process holding it (`node`) is alive (`provisioning.models.GatewayNode`)."""
+
+    device = models.OneToOneField(
+        Device, on_delete=models.CASCADE, primary_key=True, related_name="session"
+    )
+    connection = models.CharField(max_length=32)  # this session's id (events' connection_id)
+    node = models.CharField(max_length=64)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    connected_at = models.BigIntegerField(null=True, blank=True)  # µs; None: disconnected
+    disconnected_at = models.BigIntegerField(null=True, blank=True)  # µs, of the last session
+
+    def __str__(self) -> str:
+        return f"{self.device_id} on {self.node}"
+
+
 class AliasValue(models.Model):
     """The latest value of one alias of one device (SPEC.md section 4): `reported` by the
     device, `set` by the cloud for settable resources; `timestamp` in µs."""

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import gc
 import logging
+import os
 import queue
 import sys
 import tempfile
@@ -48,6 +49,26 @@ class Front:
         self.max_body = settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
         self.body_timeout = settings.REQUEST_BODY_TIMEOUT
         self.batchers: dict[str, Batcher] = {}
+        self.mqtt = None  # provisioning.mqtt.gateway.Gateway, when MQTT_PORT is set
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def start_mqtt(self, port: int | None = None) -> None:
+        """Listen for MQTT over TLS (SPEC.md section 8) in this loop when it is configured:
+        MQTT_PORT and a server certificate (MQTT_TLS_CERT, MQTT_TLS_KEY)."""
+        from django.conf import settings
+
+        port = (settings.MQTT_PORT or None) if port is None else port  # 0 in settings: off
+        if self.device_api is None or port is None:
+            return
+        from provisioning.mqtt.gateway import Gateway
+        from provisioning.mqtt.tls import Credentials
+
+        cert, key = settings.MQTT_TLS_CERT, settings.MQTT_TLS_KEY
+        if not (os.path.exists(cert) and os.path.exists(key)):
+            log.warning("MQTT is off: no server certificate at %s (MQTT_TLS_CERT)", cert)
+            return
+        self.mqtt = Gateway(self, Credentials(cert, key), settings.MQTT_BIND, port)
+        await self.mqtt.start()
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "http":
@@ -149,12 +170,16 @@ class Front:
             result = await self.run_sync(api.handle, request, connector_id)
         if not isinstance(result, Pending):
             return result
-        outcome = await self.store(result.job)
-        if outcome is api.stored:
-            return result.answer
+        return await self.resolve(result)
+
+    async def resolve(self, pending: Pending) -> Answer:
+        """A pending job's answer once the store committed it, or why it did not."""
+        outcome = await self.store(pending.job)
+        if outcome is self.device_api.stored:
+            return pending.answer
         if isinstance(outcome, Answer):
             return outcome
-        return await self.run_sync(api.explain, result)
+        return await self.run_sync(self.device_api.explain, pending)
 
     def store(self, job) -> asyncio.Future:
         if (batcher := self.batchers.get(job.kind)) is None:
@@ -177,14 +202,23 @@ class Front:
                 # 0.1-0.9 s (scripts/bench_long_poll.py).
                 gc.collect()
                 gc.freeze()
+                self.loop = asyncio.get_running_loop()
                 from connector import relay  # the outbox relay of this process (EVENTS_RELAY)
 
                 relay.start_in_process(self.initializer)
+                try:
+                    await self.start_mqtt()
+                except Exception as exc:
+                    log.exception("the MQTT gateway did not start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 from connector import relay
 
                 relay.stop_in_process()
+                if self.mqtt is not None:
+                    await self.mqtt.stop()
                 longpoll.stop()
                 self.pool.stop()
                 for batcher in self.batchers.values():

@@ -400,3 +400,21 @@ LOGGING = {
         "django.security.DisallowedHost": {"handlers": ["one_line"], "propagate": False},
     },
 }
+
+# MQTT Device API (SPEC.md section 8): MQTT 3.1.1 over TLS in every server process (the port
+# is shared, SO_REUSEPORT). 0 turns it off. The server certificate must name the connectors'
+# device hosts (`*.DEVICE_API_DOMAIN`); the default is the local TLS stack's
+# (`manage.py tls_stack`), re-read when it changes.
+MQTT_PORT = env.int("MQTT_PORT", default=8883)
+MQTT_BIND = env.str("MQTT_BIND", default="127.0.0.1")
+MQTT_TLS_CERT = env.str("MQTT_TLS_CERT", default=str(DATA_DIR / "tls" / "server.pem"))
+MQTT_TLS_KEY = env.str("MQTT_TLS_KEY", default=str(DATA_DIR / "tls" / "server.key"))
+MQTT_BACKLOG = env.int("MQTT_BACKLOG", default=4096)
+# A connection must send its CONNECT within this (seconds, TLS handshake included).
+MQTT_CONNECT_TIMEOUT = env.float("MQTT_CONNECT_TIMEOUT", default=10.0)
+# Connections from one address to one server process; more are closed at once.
+MQTT_MAX_PER_IP = env.int("MQTT_MAX_PER_IP", default=1000)
+# A device's PUBLISH rate (per second) and burst: beyond it the session reads no more
+# until there is room (the device is slowed, nothing is lost).
+MQTT_PUBLISH_RATE = env.float("MQTT_PUBLISH_RATE", default=100.0)
+MQTT_PUBLISH_BURST = env.int("MQTT_PUBLISH_BURST", default=200)

@@ -245,7 +245,8 @@ def record(request: HttpRequest, connector_id: str) -> Result:
         points = wire.parse_record(body, int(time.time()))
     except wire.WireError as exc:
         return text(exc.status, exc.reason)
-    return services.record(device, points, client_ip(request))
+    in_us = {alias: [(ts * 1_000_000, v) for ts, v in items] for alias, items in points.items()}
+    return services.record(device, in_us, client_ip(request))
 
 
 ROUTES = {

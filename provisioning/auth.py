@@ -173,14 +173,21 @@ def _by_password(connector_id: str, ip: str, basic: str, secure: bool) -> Device
 
 def authenticate(request: HttpRequest, connector_id: str) -> DeviceRow | Answer:
     """The device a token or password request comes from, or the answer refusing it."""
-    ip = client_ip(request)
     creds = read_credentials(request)
-    device = _lookup(connector_id, ip, creds, request.is_secure())
+    return authenticate_credentials(connector_id, client_ip(request), creds, request.is_secure())
+
+
+def authenticate_credentials(
+    connector_id: str, ip: str, creds: Credentials, secure: bool
+) -> DeviceRow | Answer:
+    """The device these credentials name, or the answer refusing them (any entry: HTTP
+    headers or an MQTT CONNECT)."""
+    device = _lookup(connector_id, ip, creds, secure)
     if isinstance(device, Answer):
         return device
     if device is None:
-        return refuse_unknown(connector_id, ip, request.is_secure(), creds.reason)
-    if refusal := refusal_for(device, request.is_secure()):
+        return refuse_unknown(connector_id, ip, secure, creds.reason)
+    if refusal := refusal_for(device, secure):
         return refused(refusal)
     return device
 

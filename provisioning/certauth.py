@@ -26,18 +26,29 @@ from provisioning.refusals import certificate_refused
 
 
 def authenticate_certificate(connector_id: str, ip: str, secure: bool, header: str):
-    """The device presenting this certificate (provisioned on first contact), or the answer
-    refusing it."""
+    """The device presenting the certificate of this header (the proxy's URL-escaped PEM),
+    or the answer refusing it."""
+    if not secure:
+        if connectors.load(connector_id, ip)[0] is None:
+            return NOT_FOUND
+        return text(403, "client certificates need TLS")
+    return authenticate_chain(connector_id, ip, unquote(header))
+
+
+def authenticate_chain(
+    connector_id: str, ip: str, pem: str, protocol: str = "http"
+) -> DeviceRow | Answer:
+    """The device presenting this chain over TLS (its own certificate first), provisioned
+    on first contact; or the answer refusing it. Every entry (the HTTPS proxy's header, the
+    MQTT gateway's handshake) comes here."""
     entry, _failures = connectors.load(connector_id, ip)
     if entry is None:
         return NOT_FOUND
-    if not secure:
-        return text(403, "client certificates need TLS")
     # No failure limit before the check: a certificate cannot be guessed (rules.guessable),
     # and a refused one from an address over its limit is answered 429.
     now = timezone.now()
     try:
-        certs = pki.load_certificates(unquote(header))
+        certs = pki.load_certificates(pem)
         info = pki.check_client_certificate(certs[0], now)
     except pki.PKIError as exc:
         return certificate_refused(connector_id, "", ip, str(exc), public=str(exc))
@@ -60,7 +71,7 @@ def authenticate_certificate(connector_id: str, ip: str, secure: bool, header: s
         if device.state in rules.CERTIFICATE_PROVISIONED:
             return _locked_or(device)
         break  # whitelisted with this very certificate (CSV import or auth.key): first contact
-    job = first_contact(entry, identity, info, ip)
+    job = first_contact(entry, identity, info, ip, protocol)
     if isinstance(job, Answer):
         return job
     answer = resolve(Pending(job, text(204)), store.run(job))
@@ -75,7 +86,7 @@ def _locked_or(device: DeviceRow) -> DeviceRow | Answer:
 
 
 def first_contact(
-    entry: CachedConnector, identity: str, info: pki.CertInfo, ip: str
+    entry: CachedConnector, identity: str, info: pki.CertInfo, ip: str, protocol: str = "http"
 ) -> CertificateJob | Answer:
     """The job that stores the certificate and provisions, or the refusal (SPEC.md §7)."""
     connector = entry.connector
@@ -130,6 +141,7 @@ def first_contact(
         ip=ip,
         rotate=rotate,
         event=event,
+        protocol=protocol,
     )
 
 

@@ -26,6 +26,7 @@ from provisioning.models import AuthFailure
 FIELDS = (
     "id",
     "devmode",
+    "protocol_name",
     "auth_type",
     "provisioning_enabled",
     "presenter_identity",

@@ -44,6 +44,7 @@ class WriteJob:
     event: EventRow  # its identity is filled in by the statement
     hashes: tuple[str, ...] = ()  # the token's hash under every configured pepper
     device_id: int | None = None
+    protocol: str = "http"  # the entry it came through: "http" or "mqtt" (events)
 
     max_batch: ClassVar[int] = MAX_BATCH
     kind: ClassVar[str] = "write"
@@ -73,6 +74,7 @@ class ClaimJob:
     fingerprint: str  # of the connector settings it was checked against
     register: bool  # rules.may_register, under those settings
     password: str | None = field(default=None, repr=False)  # re-checked if settings changed
+    protocol: str = "http"
 
     max_batch: ClassVar[int] = MAX_BATCH
     kind: ClassVar[str] = "claim"
@@ -98,6 +100,7 @@ class RecordJob:
     last_ip: str | None
     last_seen: int | None
     event: EventRow
+    protocol: str = "http"
 
     max_batch: ClassVar[int] = MAX_BATCH
     kind: ClassVar[str] = "record"
@@ -124,6 +127,7 @@ class CertificateJob:
     ip: str
     rotate: bool
     event: EventRow
+    protocol: str = "http"
 
     max_batch: ClassVar[int] = 1
     kind: ClassVar[str] = "certificate"

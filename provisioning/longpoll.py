@@ -149,6 +149,8 @@ class Hub:
     closing: bool = False  # the server is stopping: polls answer 304 now
     parked: dict[int, int] = field(default_factory=dict)  # polls per device, while parked
     parked_total: int = 0
+    # Called with every key woken (the MQTT gateway's sessions: `provisioning.mqtt.gateway`).
+    observers: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.count
@@ -168,6 +170,8 @@ class Hub:
                 del self.waiters[key]
 
     def wake(self, key: Key) -> None:
+        for observer in self.observers:
+            observer(key)
         futures = self.waiters.pop(key, ())
         self.count -= len(futures)
         for future in futures:

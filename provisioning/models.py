@@ -47,3 +47,14 @@ class GuessFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ip} → {self.connector_id}/{self.subject}: {self.count}"
+
+
+class GatewayNode(models.Model):
+    """A server process holding MQTT sessions, with its last heartbeat (µs): a session whose
+    node has not beaten for a while belongs to a process that is gone."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    seen = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.seen})"

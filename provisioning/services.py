@@ -26,7 +26,13 @@ from provisioning.wire import WireError
 
 
 def activation(
-    entry: CachedConnector, identity: str, password: str | None, ip: str, *, secure: bool
+    entry: CachedConnector,
+    identity: str,
+    password: str | None,
+    ip: str,
+    *,
+    secure: bool,
+    protocol: str = "http",
 ) -> Pending | Answer:
     """`POST /provision/activate` (or MQTT `$provision/<identity>`) after the transport and
     failure-limit checks: the claim to store and the answer it earns, or the refusal of the
@@ -45,7 +51,7 @@ def activation(
         f"Provisioned {identity} ({auth_type})",
         identity=identity,
         source_ip=ip,
-        payload={"auth_type": auth_type, "secure": secure},
+        payload={"auth_type": auth_type, "secure": secure, "protocol": protocol},
     )
     job = ClaimJob(
         connector_id=connector.pk,
@@ -62,6 +68,7 @@ def activation(
         fingerprint=entry.fingerprint,
         register=rules.may_register(connector),
         password=password,
+        protocol=protocol,
     )
     # The password the device sent is its credential: nothing to answer but 204.
     answer = EMPTY if auth_type == DeviceAuthType.PASSWORD else Answer(200, credential)
@@ -100,7 +107,9 @@ def write_event(connector_id: str, identity: str, pairs, ip: str, ignored=()) ->
     )
 
 
-def _write_job(entry: CachedConnector, rows: list[ValueRow], pairs, ignored, ip, secure, **device):
+def _write_job(
+    entry: CachedConnector, rows: list[ValueRow], pairs, ignored, ip, secure, **device
+) -> WriteJob:
     now = now_us()
     event = write_event(entry.id, device.pop("identity", ""), pairs, ip, ignored)
     return WriteJob(
@@ -133,7 +142,12 @@ def token_write(
 
 
 def device_write(
-    device: DeviceRow, pairs: list[tuple[str, str]], ip: str, *, secure: bool
+    device: DeviceRow,
+    pairs: list[tuple[str, str]],
+    ip: str,
+    *,
+    secure: bool,
+    protocol: str = "http",
 ) -> Pending | Answer:
     """An authenticated device's write, or the 400 its definitions give it (logged)."""
     entry = definitions(device, ip)
@@ -142,7 +156,15 @@ def device_write(
     except WireError as exc:
         return write_refused(device.connector_id, device.identity, pairs, ip, exc.reason)
     job = _write_job(
-        entry, rows, pairs, ignored, ip, secure, device_id=device.id, identity=device.identity
+        entry,
+        rows,
+        pairs,
+        ignored,
+        ip,
+        secure,
+        device_id=device.id,
+        identity=device.identity,
+        protocol=protocol,
     )
     return Pending(job, EMPTY)
 
@@ -159,11 +181,11 @@ def definitions(device: DeviceRow, ip: str) -> CachedConnector:
 
 
 def record(
-    device: DeviceRow, points: dict[str, list[tuple[int, str]]], ip: str
+    device: DeviceRow, points: dict[str, list[tuple[int, str]]], ip: str, protocol: str = "http"
 ) -> Pending | Answer:
-    """Historical points of defined aliases (others are logged, not stored), each value checked
-    against its definition (a refusal is logged); any collision with stored points refuses
-    the whole request (the store answers 409)."""
+    """Historical points (timestamps in µs) of defined aliases (others are logged, not
+    stored), each value checked against its definition (a refusal is logged); any
+    collision with stored points refuses the whole request (the store answers 409)."""
     resources = definitions(device, ip).resources
     for alias, items in points.items():
         if alias in resources:
@@ -175,14 +197,10 @@ def record(
                         device.identity,
                         pairs,
                         ip,
-                        f"{alias} at {ts}: {reason}",
+                        f"{alias} at {ts // 1_000_000}: {reason}",
                     )
     ignored = [alias for alias in points if alias not in resources]
-    kept = {
-        alias: [(ts * 1_000_000, value) for ts, value in items]
-        for alias, items in points.items()
-        if alias in resources
-    }
+    kept = {alias: items for alias, items in points.items() if alias in resources}
     count = sum(len(items) for items in kept.values())
     event = events.row(
         device.connector_id,
@@ -203,6 +221,7 @@ def record(
         last_ip=device.last_ip,
         last_seen=device.last_seen,
         event=event,
+        protocol=protocol,
     )
     return Pending(job, EMPTY)
 

@@ -110,7 +110,14 @@ def _recorded(job: RecordJob) -> outbox.OutboxRow:
             by_time.setdefault(ts, {})[alias] = value
     payload = outbox.payload_json(sorted(by_time.items()))
     return outbox.row(
-        job.connector_id, "data_in", job.device_id, job.identity, job.ip, job.now, payload
+        job.connector_id,
+        "data_in",
+        job.device_id,
+        job.identity,
+        job.ip,
+        job.now,
+        payload,
+        job.protocol,
     )
 
 
@@ -184,7 +191,17 @@ def _certificate(job: CertificateJob) -> JobResult:
     insert_rows(Event, events.COLUMNS, [job.event])
     if not job.rotate:
         outbox.add(
-            [outbox.row(job.connector_id, "provisioned", device_id, job.identity, job.ip, job.now)]
+            [
+                outbox.row(
+                    job.connector_id,
+                    "provisioned",
+                    device_id,
+                    job.identity,
+                    job.ip,
+                    job.now,
+                    protocol=job.protocol,
+                )
+            ]
         )
     return STORED
 

@@ -32,6 +32,7 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
             [
                 [n, j.connector_id, j.now, j.ip, j.secure, j.resources_version, j.device_id]
                 + [j.event.summary, j.event.payload, outbox.values_payload(j.now, j.pairs)]
+                + [j.protocol]
                 for n, j in enumerate(jobs)
             ]
         ),
@@ -51,7 +52,7 @@ def claim(jobs: list[ClaimJob]) -> list[JobResult]:
             [
                 [n, j.connector_id, j.identity, j.state, j.auth_type, j.secret_hash]
                 + [j.provisioned_at.isoformat(), j.now, j.ip, j.event.summary, j.event.payload]
-                + [j.fingerprint, j.register]
+                + [j.fingerprint, j.register, j.protocol]
                 for n, j in enumerate(jobs)
             ]
         ),
@@ -91,7 +92,7 @@ def _event_columns() -> str:
 
 
 # The outbox rows a batch adds in its own statement (connector.outbox: the same columns).
-_OUTBOX_INSERT = f"INSERT INTO {OutboxEvent._meta.db_table} ({', '.join(outbox.COLUMNS)})"
+_OUTBOX_INSERT = f"INSERT INTO {OutboxEvent._meta.db_table} ({', '.join(outbox.BATCH_COLUMNS)})"
 
 
 @lru_cache(maxsize=1)
@@ -104,7 +105,7 @@ def _write_sql() -> str:
         Device, Connector, DeviceActivity, AliasValue, Event
     )
     job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
-    job += ["device_id::bigint", "summary", "payload", "outbox"]
+    job += ["device_id::bigint", "summary", "payload", "outbox", "protocol"]
     allowed = rules.sql_device_allowed(
         locked="dev.locked", devmode="dev.devmode", secure="dev.secure"
     )
@@ -145,7 +146,8 @@ def _write_sql() -> str:
         " SELECT ok.connector_id, ok.now, %s, ok.identity, ok.ip, NULL, '', ok.summary,"
         " ok.payload::jsonb FROM ok), "
         f"outboxed AS ({_OUTBOX_INSERT} SELECT ok.connector_id, ok.id %% %s, 'data_in',"
-        " ok.identity, host(ok.ip), 'http', ok.now, ok.outbox FROM ok WHERE ok.events_enabled) "
+        " ok.identity, host(ok.ip), ok.protocol, ok.now, ok.outbox FROM ok"
+        " WHERE ok.events_enabled) "
         "SELECT ok.n FROM ok, (SELECT count(*) FROM notified) AS notes"
     )
 
@@ -162,11 +164,12 @@ def _claim_sql() -> str:
     )
     job = ["connector_id", "identity", "state", "auth_type", "secret_hash"]
     job += ["provisioned_at::timestamptz", "now::bigint", "ip::inet", "summary", "payload"]
-    job += ["fingerprint", "register::bool"]
+    job += ["fingerprint", "register::bool", "protocol"]
     claimable = rules.sql_claimable(
         state="d.state", locked="d.locked", expire="d.expire", now="job.now"
     )
     done = "job.n, job.connector_id, job.identity, job.ip, job.now, job.summary, job.payload"
+    done += ", job.protocol"
     return (
         f"WITH {_json_rows('job', job)}, "  # noqa: S608
         f"checked AS (SELECT job.* FROM job JOIN {conn} c ON c.id = job.connector_id"
@@ -192,7 +195,7 @@ def _claim_sql() -> str:
         " SELECT connector_id, now, %s, identity, ip, NULL, '', summary, payload::jsonb"
         " FROM done), "
         f"outboxed AS ({_OUTBOX_INSERT} SELECT done.connector_id, done.id %% %s, 'provisioned',"
-        " done.identity, host(done.ip), 'http', done.now, '[]' FROM done"
+        " done.identity, host(done.ip), done.protocol, done.now, '[]' FROM done"
         f" JOIN {conn} c ON c.id = done.connector_id WHERE c.events_enabled) "
         "SELECT n FROM done"
     )

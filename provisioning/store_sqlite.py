@@ -57,7 +57,9 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
 
 def _data_in(job: WriteJob, device_id: int, identity: str) -> outbox.OutboxRow:
     payload = outbox.values_payload(job.now, job.pairs)
-    return outbox.row(job.connector_id, "data_in", device_id, identity, job.ip, job.now, payload)
+    return outbox.row(
+        job.connector_id, "data_in", device_id, identity, job.ip, job.now, payload, job.protocol
+    )
 
 
 def _device(job: WriteJob) -> auth.DeviceRow | None:
@@ -101,7 +103,7 @@ def claim(jobs: list[ClaimJob]) -> list[JobResult]:
             logged.append(job.event)
             if job.connector_id in delivered:
                 provisioned = "provisioned", found[0][0], job.identity, job.ip, job.now
-                sent.append(outbox.row(job.connector_id, *provisioned))
+                sent.append(outbox.row(job.connector_id, *provisioned, protocol=job.protocol))
         insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
         insert_rows(Event, events.COLUMNS, logged)
         outbox.add(sent, checked=True)

@@ -5,6 +5,7 @@ Pure functions. `WireError` carries the status code and a one-line reason.
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import quote, unquote_to_bytes
 
@@ -158,4 +159,66 @@ def parse_record(body: bytes, now_s: int, max_future_s: int = 86400) -> dict[str
         points[current].append((ts, check_value(current, value)))
     if not any(points.values()):
         raise WireError(400, "no timestamp=value pairs to record")
+    return points
+
+
+# --- MQTT payloads (SPEC.md section 8) ------------------------------------------------------
+
+# A `$resource.batch` timestamp below this is seconds, else microseconds.
+SECONDS_BELOW = 10**11
+
+
+def mqtt_value(alias: str, payload: bytes) -> str:
+    """The raw value of a `$resource/<alias>` PUBLISH: UTF-8 text."""
+    try:
+        return check_value(alias, payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise WireError(400, f"the value of {alias} is not UTF-8 text") from None
+
+
+def _batch_text(alias: str, value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return check_value(alias, value)
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    raise WireError(400, f"the value of {alias} must be text, a number or a boolean")
+
+
+def parse_batch(payload: bytes, now_us: int, max_future_s: int = 86400) -> dict[str, list]:
+    """`[{"timestamp": t, "values": {alias: v, …}}, …]` into {alias: [(µs, text), …]}; `t` in
+    µs, or in seconds when below 10^11. The record rules of the HTTP API: no point more
+    than a day ahead, none twice, at most MAX_RECORD_POINTS."""
+    try:
+        entries = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise WireError(400, "$resource.batch: the payload is not JSON") from None
+    if not isinstance(entries, list) or not entries:
+        raise WireError(400, '$resource.batch: send [{"timestamp": t, "values": {…}}, …]')
+    points: dict[str, list] = {}
+    seen: dict[str, set[int]] = {}
+    count = 0
+    limit = now_us + max_future_s * 1_000_000
+    for index, entry in enumerate(entries):
+        where = f"$resource.batch[{index}]"
+        if not isinstance(entry, dict) or set(entry) != {"timestamp", "values"}:
+            raise WireError(400, f"{where}: an object with timestamp and values only")
+        ts, values = entry["timestamp"], entry["values"]
+        if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+            raise WireError(400, f"{where}.timestamp: a whole number of seconds or µs")
+        ts = ts * 1_000_000 if ts < SECONDS_BELOW else ts
+        if ts > limit:
+            raise WireError(400, f"{where}.timestamp: more than a day in the future")
+        if not isinstance(values, dict) or not values:
+            raise WireError(400, f"{where}.values: an object of alias: value")
+        for alias, value in values.items():
+            check_alias(alias)
+            if ts in seen.setdefault(alias, set()):
+                raise WireError(400, f"{where}: timestamp {ts} appears twice for {alias}")
+            count += 1
+            if count > MAX_RECORD_POINTS:
+                raise WireError(413, f"at most {MAX_RECORD_POINTS} points per batch")
+            seen[alias].add(ts)
+            points.setdefault(alias, []).append((ts, _batch_text(alias, value)))
     return points

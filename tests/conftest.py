@@ -44,6 +44,8 @@ os.environ.setdefault("TRUSTED_PROXIES", "127.0.0.1/32,::1/128")
 # Event delivery tests start their own relay (tests/test_events.py); servers the tests start
 # run none, and their receivers are on loopback.
 os.environ.setdefault("EVENTS_RELAY", "off")
+# The live server listens for MQTT only where a test starts it (tests/test_mqtt.py).
+os.environ.setdefault("MQTT_PORT", "0")
 os.environ.setdefault("EVENTS_ALLOW_PRIVATE_URLS", "true")
 
 
@@ -55,6 +57,7 @@ def _no_relay_in_test_servers():
 
     settings.EVENTS_RELAY = "off"
     settings.EVENTS_ALLOW_PRIVATE_URLS = True
+    settings.MQTT_PORT = 0  # tests/test_mqtt.py starts the gateway itself
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,642 @@
+"""The MQTT Device API (SPEC.md section 8): MQTT 3.1.1 over TLS, held in the server's event
+loop like a parked long poll, so an idle session costs no thread and no database connection.
+
+A connection goes: SNI read from the ClientHello (the connector), the TLS handshake
+(`provisioning.mqtt.tls`, the client certificate judged by the application), CONNECT
+authenticated on a thread by the HTTP API's own functions (`provisioning.mqtt.device`), then
+packets in order. A PUBLISH is a device write or record: the same service function makes the
+job, the front's group commit stores it, and PUBACK goes out only after the commit. Cloud
+`set` values come down through the long polls' wake-ups (`provisioning.longpoll.hub`),
+which reach every server process on both databases.
+
+It is a device API gateway, not a broker: a session only ever receives its own device's set
+values and answers to its own provisioning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+
+from django.conf import settings
+
+from connector.models import MQTT_PROTOCOL, now_us
+from provisioning import connectors, longpoll, rules, services, values, wire
+from provisioning.answers import Answer, Pending
+from provisioning.host import device_host_connector
+from provisioning.mqtt import codec, device, tls
+
+log = logging.getLogger(__name__)
+
+WAIT_HELLO, WAIT_CONNECT, AUTHENTICATING, OPEN, CLOSED = range(5)
+KEEPALIVE_GRACE = 1.5  # a client silent for 1.5 × its keepalive is gone (3.1.1 §3.1.2.10)
+MAX_QUEUED = 32  # packets read ahead of the one in progress; reading pauses beyond
+MAX_WRITE_BUFFER = 4 * 1024 * 1024  # a client that does not read its downlink is closed
+# Answers after which the session cannot go on: the device is gone, locked or refused.
+ENDS_SESSION = {401, 403, 404}
+
+
+class Gateway:
+    """The MQTT listener of one server process and its sessions."""
+
+    def __init__(self, front, credentials: tls.Credentials, bind: str, port: int):
+        self.front = front
+        self.credentials = credentials
+        self.bind, self.port = bind, port
+        self.node = device.node_name()
+        self.sessions: set[Session] = set()
+        self.by_device: dict[int, set[Session]] = {}
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.server: asyncio.base_events.Server | None = None
+        self.tasks: set[asyncio.Task] = set()  # sessions' work in flight
+        self.beat: asyncio.Future | None = None
+        self.stopping = False
+
+    # --- Life --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.credentials.context()  # a missing or broken certificate fails the start
+        await longpoll.start()
+        longpoll.hub.observers.append(self.woken)
+        self.server = await loop.create_server(
+            lambda: Session(self),
+            self.bind,
+            self.port,
+            reuse_port=True,  # every worker process listens; the kernel spreads connections
+            backlog=settings.MQTT_BACKLOG,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        await self.run_sync(device.beat, self.node)
+        self.beat = asyncio.ensure_future(self._beat())
+        log.info("MQTT over TLS on %s:%d", self.bind, self.port)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening, end every session cleanly (devices reconnect elsewhere), and
+        record their disconnects."""
+        self.stopping = True
+        if self.beat is not None:
+            self.beat.cancel()
+        if self.server is not None:
+            self.server.close()
+        for session in list(self.sessions):
+            session.close("the server is stopping")
+        if self.woken in longpoll.hub.observers:
+            longpoll.hub.observers.remove(self.woken)
+        pending = [t for t in self.tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        if self.server is not None:
+            await self.server.wait_closed()
+        try:
+            await self.run_sync(device.end_node, self.node)
+        except Exception:
+            log.exception("MQTT: could not mark this process's sessions disconnected")
+
+    async def _beat(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(device.NODE_SEEN_EVERY_S)
+            try:
+                await self.run_sync(device.beat, self.node)
+            except Exception:
+                log.exception("MQTT: heartbeat failed")
+
+    # --- Helpers for sessions -------------------------------------------------------------
+
+    def run_sync(self, function, *args):
+        return self.front.run_sync(function, *args)
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def resolve(self, pending: Pending) -> Answer:
+        return await self.front.resolve(pending)
+
+    def woken(self, key: tuple[int, str]) -> None:
+        """A wake-up of the long polls: a device's alias changed, or a newer session opened."""
+        sessions = self.by_device.get(key[0])
+        if sessions:
+            for session in list(sessions):
+                session.woken(key[1])
+
+    def attach(self, session: Session) -> None:
+        sessions = self.by_device.setdefault(session.device.id, set())
+        for other in list(sessions):
+            other.close("a newer connection of the device")
+        sessions.add(session)
+
+    def detach(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self.per_ip[session.ip] -= 1
+        if self.per_ip[session.ip] <= 0:
+            del self.per_ip[session.ip]
+        if session.device is not None:
+            sessions = self.by_device.get(session.device.id)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del self.by_device[session.device.id]
+
+
+class Session(asyncio.Protocol):
+    """One MQTT connection."""
+
+    __slots__ = (
+        "gateway",
+        "transport",
+        "ip",
+        "state",
+        "hello",
+        "tls",
+        "reader",
+        "connector_id",
+        "client_id",
+        "connection",
+        "device",
+        "anonymous",
+        "keepalive",
+        "last_rx",
+        "timer",
+        "queue",
+        "busy",
+        "paused",
+        "qos1",
+        "sent",
+        "since",
+        "writing",
+        "dirty",
+        "downlink_busy",
+        "next_id",
+        "tokens",
+        "refilled",
+        "reason",
+    )
+
+    def __init__(self, gateway: Gateway):
+        self.gateway = gateway
+        self.transport = None
+        self.state = WAIT_HELLO
+        self.hello = bytearray()
+        self.tls: tls.TLSServerConnection | None = None
+        self.reader = codec.Reader()
+        self.connector_id = ""
+        self.client_id = ""
+        self.connection = secrets.token_hex(8)
+        self.device = None
+        self.anonymous = False
+        self.keepalive = 0.0
+        self.last_rx = time.monotonic()
+        self.timer = None
+        self.queue: collections.deque = collections.deque()
+        self.busy = False
+        self.paused = False
+        self.qos1 = False
+        self.sent: dict[str, int] = {}
+        self.since = 0
+        self.writing = False
+        self.dirty: set[str] = set()
+        self.downlink_busy = False
+        self.next_id = 0
+        self.tokens = float(settings.MQTT_PUBLISH_BURST)
+        self.refilled = time.monotonic()
+        self.reason = ""
+
+    # --- Transport -------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)  # noqa: S104
+        self.ip = peer[0]
+        gateway = self.gateway
+        if gateway.stopping or gateway.per_ip[self.ip] >= settings.MQTT_MAX_PER_IP:
+            transport.abort()  # over this address's connections: refused at once
+            self.state = CLOSED
+            self.ip = ""
+            return
+        gateway.per_ip[self.ip] += 1
+        gateway.sessions.add(self)
+        transport.set_write_buffer_limits(high=MAX_WRITE_BUFFER)
+        self._arm(settings.MQTT_CONNECT_TIMEOUT)
+
+    def connection_lost(self, exc) -> None:
+        self.state = CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.ip:
+            return
+        self.gateway.detach(self)
+        if self.device is not None:
+            reason = self.reason or ("the connection was lost" if exc else "the client left")
+            self.gateway.spawn(
+                self.gateway.run_sync(
+                    device.close_session, self.device, self.ip, self.connection, reason
+                )
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self.last_rx = time.monotonic()
+        if self.tls is None:
+            self._hello(data)
+        else:
+            self._tls_bytes(data)
+
+    def _hello(self, data: bytes) -> None:
+        self.hello += data
+        name = tls.server_name(bytes(self.hello))
+        if name is tls.NEED_MORE:
+            if len(self.hello) > tls.MAX_HELLO + 1024:
+                self.close("the TLS ClientHello is too large")
+            return
+        connector_id = device_host_connector(name) if isinstance(name, str) else None
+        if not connector_id:
+            self.close("no SNI naming a connector")  # the handshake fails
+            return
+        self.connector_id = connector_id
+        entry = connectors.cached(connector_id)
+        if entry is not None:
+            self._start_tls(entry)
+            return
+        self.transport.pause_reading()
+        self.gateway.spawn(self._load_then_tls(connector_id))
+
+    async def _load_then_tls(self, connector_id: str) -> None:
+        entry, _failures = await self.gateway.run_sync(connectors.load, connector_id, self.ip)
+        if self.state == CLOSED:
+            return
+        self.transport.resume_reading()
+        if entry is None:
+            self.close("no such connector")
+        else:
+            self._start_tls(entry)
+
+    def _start_tls(self, entry) -> None:
+        if entry.connector.protocol_name != MQTT_PROTOCOL:
+            self.close("the connector does not take MQTT")
+            return
+        try:
+            context = self.gateway.credentials.context()
+        except Exception:
+            log.exception("MQTT: the server certificate cannot be loaded")
+            self.close("no server certificate")
+            return
+        self.tls = tls.TLSServerConnection(context)
+        self.state = WAIT_CONNECT
+        hello, self.hello = bytes(self.hello), bytearray()
+        self._tls_bytes(hello)
+
+    def _tls_bytes(self, data: bytes) -> None:
+        try:
+            received = self.tls.receive(data)
+        except tls.TLSError as exc:
+            self.close(str(exc), notify=False)
+            return
+        if received.outgoing:
+            self.transport.write(received.outgoing)
+        if received.data:
+            try:
+                packets = self.reader.feed(received.data)
+            except codec.ProtocolError as exc:
+                self.refuse(str(exc))
+                return
+            for packet in packets:
+                self.packet(packet)
+                if self.state == CLOSED:
+                    return
+        if received.closed:
+            self.close("the client closed TLS")
+
+    def send(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        try:
+            self.transport.write(self.tls.send(data))
+        except tls.TLSError as exc:
+            self.close(str(exc), notify=False)
+            return
+        if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self.close("the client does not read what it is sent")
+
+    def close(self, reason: str, *, notify: bool = True) -> None:
+        if self.state == CLOSED or self.transport is None:
+            return
+        self.reason = self.reason or reason
+        if notify and self.tls is not None:
+            try:
+                self.transport.write(self.tls.close())
+            except Exception:  # noqa: S110 (closing anyway)
+                pass
+        self.state = CLOSED
+        self.transport.close()
+
+    def refuse(self, reason: str) -> None:
+        """A packet the gateway does not take: logged with its reason, connection closed."""
+        identity = self.device.identity if self.device is not None else ""
+        self.gateway.spawn(
+            self.gateway.run_sync(
+                device.log_refused_packet, self.connector_id, identity, self.ip, reason
+            )
+        )
+        self.close(reason)
+
+    # --- Timers ------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(seconds, self._expired, seconds)
+
+    def _expired(self, seconds: float) -> None:
+        if self.state == CLOSED:
+            return
+        if self.state in (WAIT_HELLO, WAIT_CONNECT):
+            self.close("no CONNECT in time")
+            return
+        if not self.keepalive:
+            return
+        idle = time.monotonic() - self.last_rx
+        limit = self.keepalive * KEEPALIVE_GRACE
+        if idle >= limit:
+            self.close(f"silent past its keepalive ({self.keepalive:g} s × 1.5)")
+        else:
+            self._arm(limit - idle)
+
+    # --- Packets ---------------------------------------------------------------------------
+
+    def packet(self, packet) -> None:
+        if self.state == WAIT_CONNECT:
+            if not isinstance(packet, codec.Connect):
+                self.refuse(f"{type(packet).__name__.upper()} before CONNECT")
+                return
+            self.state = AUTHENTICATING
+        elif isinstance(packet, codec.Connect):
+            self.refuse("CONNECT twice")
+            return
+        if isinstance(packet, codec.Publish) and not self._take_token():
+            pass  # reading paused until the bucket refills; the packet is still handled
+        self.queue.append(packet)
+        if len(self.queue) > MAX_QUEUED and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        if not self.busy:
+            self.busy = True
+            self.gateway.spawn(self._drain())
+
+    def _take_token(self) -> bool:
+        """The device's PUBLISH rate (MQTT_PUBLISH_RATE per second, bursts of
+        MQTT_PUBLISH_BURST): over it, reading pauses until there is room, so a flooding
+        device slows to the rate and loses nothing."""
+        now = time.monotonic()
+        rate = settings.MQTT_PUBLISH_RATE
+        self.tokens = min(settings.MQTT_PUBLISH_BURST, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        self.tokens -= 1
+        if self.tokens >= 0:
+            return True
+        if not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(-self.tokens / rate, self._resume)
+        return False
+
+    def _resume(self) -> None:
+        if self.state != CLOSED and self.paused and len(self.queue) <= MAX_QUEUED // 4:
+            self.paused = False
+            self.transport.resume_reading()
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue and self.state != CLOSED:
+                packet = self.queue.popleft()
+                try:
+                    await self.handle(packet)
+                except Exception:
+                    log.exception("MQTT: a packet failed")
+                    self.close("the server failed")
+                if self.paused and len(self.queue) <= MAX_QUEUED // 4 and self.tokens >= 0:
+                    self._resume()
+        finally:
+            self.busy = False
+
+    async def handle(self, packet) -> None:
+        if isinstance(packet, codec.Connect):
+            await self.on_connect(packet)
+        elif self.state != OPEN:
+            return
+        elif isinstance(packet, codec.Publish):
+            await self.on_publish(packet)
+        elif isinstance(packet, codec.PingReq):
+            self.send(codec.encode_pingresp())
+        elif isinstance(packet, codec.Disconnect):
+            self.close("the client disconnected")
+        elif self.anonymous:
+            self.refuse("an anonymous connection may only publish $provision/<identity>")
+        elif isinstance(packet, codec.Subscribe):
+            # Downlink goes to every session of the device whatever it subscribed to.
+            self.send(codec.encode_suback(packet.packet_id, [1] * len(packet.filters)))
+        elif isinstance(packet, codec.Unsubscribe):
+            self.send(codec.encode_unsuback(packet.packet_id))
+        # PUBACK of a downlink PUBLISH: nothing to do (clean sessions, no redelivery).
+
+    async def on_connect(self, connect: codec.Connect) -> None:
+        if connect.level != codec.PROTOCOL_LEVEL:
+            self.send(codec.encode_connack(codec.REFUSED_PROTOCOL_VERSION))
+            self.close(f"protocol level {connect.level}, not 4 (MQTT 3.1.1)")
+            return
+        self.client_id = connect.client_id
+        self.keepalive = float(connect.keepalive)
+        chain = self.tls.peer_chain_pem()
+        gateway = self.gateway
+        found = await gateway.run_sync(
+            device.authorize,
+            self.connector_id,
+            self.ip,
+            connect,
+            chain,
+            self.connection,
+            gateway.node,
+        )
+        if self.state == CLOSED:
+            if found.device is not None:  # opened, then the client left at once
+                await gateway.run_sync(
+                    device.close_session, found.device, self.ip, self.connection, "left"
+                )
+            return
+        self.send(codec.encode_connack(found.code))
+        if found.code != codec.ACCEPTED:
+            self.close(f"CONNACK {found.code}")
+            return
+        self.state = OPEN
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.keepalive:
+            self._arm(self.keepalive * KEEPALIVE_GRACE)
+        if found.device is None:
+            self.anonymous = True
+            return
+        self.device = found.device
+        self.since = found.since
+        gateway.attach(self)
+        self.deliver(found.downlink)
+
+    # --- Uplink ------------------------------------------------------------------------------
+
+    async def on_publish(self, publish: codec.Publish) -> None:
+        topic = publish.topic
+        if self.anonymous:
+            await self.on_provision(publish)
+            return
+        if publish.qos == 1:
+            self.qos1 = True
+        if topic.startswith("$resource/"):
+            alias = topic[len("$resource/") :]
+            try:
+                wire.check_alias(alias)
+                value = wire.mqtt_value(alias, publish.payload)
+            except wire.WireError as exc:
+                await self.gateway.run_sync(
+                    device.refuse, self.device, alias, publish.payload, self.ip, exc.reason
+                )
+                self.ack(publish)
+                return
+            pending = self._write_in_loop([(alias, value)])
+            if pending is None:
+                pending = await self.gateway.run_sync(
+                    device.write, self.device, [(alias, value)], self.ip
+                )
+        elif topic == "$resource.batch":
+            try:
+                points = wire.parse_batch(publish.payload, now_us())
+            except wire.WireError as exc:
+                await self.gateway.run_sync(
+                    device.refuse, self.device, topic, publish.payload, self.ip, exc.reason
+                )
+                self.ack(publish)
+                return
+            pending = await self.gateway.run_sync(device.record, self.device, points, self.ip)
+        else:
+            self.refuse(f"topic {topic[:80]!r} is not $resource/<alias> or $resource.batch")
+            return
+        answer = pending
+        if isinstance(pending, Pending):
+            self.writing = True
+            try:
+                answer = await self.gateway.resolve(pending)
+            finally:
+                self.writing = False
+            if answer.status < 300:
+                self._stored(pending.job)
+        if self.state == CLOSED:
+            return
+        if answer.status in ENDS_SESSION:
+            self.close(f"the device may not write: {answer.content[:100]!r}")
+            return
+        self.ack(publish)  # also for a refused value: 3.1.1 has no negative acknowledgement
+        if self.dirty:
+            self.check_downlink()
+
+    def _write_in_loop(self, pairs) -> Pending | None:
+        """The write's job made in the loop when the connector's definitions are cached and
+        accept the values (nothing to log); else None: a thread makes it (or logs why not)."""
+        entry = connectors.cached(self.connector_id)
+        if entry is None:
+            return None
+        if entry.resources_version != self.device.resources_version:
+            self.device = self.device._replace(resources_version=entry.resources_version)
+        try:
+            values.split_write(entry.resources, pairs)
+        except wire.WireError:
+            return None
+        found = services.device_write(
+            self.device, pairs, self.ip, secure=True, protocol=device.PROTOCOL
+        )
+        return found if isinstance(found, Pending) else None
+
+    def _stored(self, job) -> None:
+        """After a commit: what the session knows of its device's row and values."""
+        dev = self.device
+        if rules.activity_due(dev.last_ip, dev.last_seen, self.ip, job.now):
+            self.device = dev._replace(last_ip=self.ip, last_seen=job.now)
+        for row in getattr(job, "rows", ()):
+            if row.set is not None:  # a settable alias the device wrote: not news to it
+                self.sent[row.alias] = max(self.sent.get(row.alias, 0), job.now)
+        self.dirty.difference_update(self.sent)
+
+    def ack(self, publish: codec.Publish) -> None:
+        if publish.qos == 1:
+            self.send(codec.encode_puback(publish.packet_id))
+
+    async def on_provision(self, publish: codec.Publish) -> None:
+        topic = publish.topic
+        if not topic.startswith("$provision/") or topic == "$provision/":
+            self.refuse("an anonymous connection may only publish $provision/<identity>")
+            return
+        identity = topic[len("$provision/") :]
+        if self.client_id not in ("", identity):
+            self.refuse("the client id is not the identity provisioned")
+            return
+        found = await self.gateway.run_sync(
+            device.provision, self.connector_id, identity, publish.payload, self.ip
+        )
+        answer = await self.gateway.resolve(found) if isinstance(found, Pending) else found
+        if answer.status >= 300:
+            self.close(f"provisioning refused ({answer.status})")  # logged by its service
+            return
+        self.ack(publish)
+        self.send(codec.encode_publish(topic, answer.content if answer.status == 200 else b""))
+
+    # --- Downlink ----------------------------------------------------------------------------
+
+    def woken(self, alias: str) -> None:
+        if self.state != OPEN:
+            return
+        if alias.startswith(device.SESSION_KEY):
+            if alias[len(device.SESSION_KEY) :] != self.connection:
+                self.close("a newer connection of the device")
+            return
+        entry = connectors.cached(self.connector_id)
+        definition = entry.resources.get(alias) if entry is not None else None
+        if definition is None or not definition.get("settable"):
+            return  # only set values go down
+        self.dirty.add(alias)
+        if not self.writing:
+            self.check_downlink()
+
+    def check_downlink(self) -> None:
+        if self.downlink_busy or not self.dirty or self.state != OPEN:
+            return
+        self.downlink_busy = True
+        self.gateway.spawn(self._downlink())
+
+    async def _downlink(self) -> None:
+        try:
+            while self.dirty and self.state == OPEN:
+                aliases, self.dirty = self.dirty, set()
+                since = min(self.sent.get(a, self.since) for a in aliases)
+                rows = await self.gateway.run_sync(
+                    device.read_set_values, self.device, since, aliases
+                )
+                self.deliver(rows)
+        finally:
+            self.downlink_busy = False
+
+    def deliver(self, rows) -> None:
+        """PUBLISH `$resource/<alias>/<timestamp µs>` for each set value newer than the last
+        one this session has; QoS 1 once the device published at QoS 1."""
+        for alias, value, timestamp in rows:
+            if timestamp <= self.sent.get(alias, self.since):
+                continue
+            self.sent[alias] = timestamp
+            topic = f"$resource/{alias}/{timestamp}"
+            if self.qos1:
+                self.next_id = self.next_id % 65535 + 1
+                self.send(codec.encode_publish(topic, value.encode(), 1, self.next_id))
+            else:
+                self.send(codec.encode_publish(topic, value.encode()))

@@ -1,0 +1,418 @@
+"""The MQTT Device API (SPEC.md section 8, issue #16) against the live server's own TLS:
+paho-mqtt (and Exosite's gdc) as devices, real certificates from the local server CA."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import queue
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from connector.models import MQTT_PROTOCOL, Event, OutboxEvent, User
+from connector.services import create_connector
+from devices import services as device_services
+from devices.models import AliasValue, DataPoint, Device, DeviceSession
+from provisioning import tlsstack
+from provisioning.mqtt import codec, tls
+from provisioning.mqtt.gateway import Gateway
+from tests.conftest import PASSWORD, define
+
+GDC = Path(__file__).parent / "gdc_run.py"
+_getaddrinfo = socket.getaddrinfo
+# paho-mqtt 2 reports a 3.1.1 CONNACK return code as its MQTT 5 reason code.
+V311_RETURN_CODE = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
+
+
+def _resolve(host, *args, **kwargs):
+    if isinstance(host, str) and host.endswith(".localhost"):
+        host = "127.0.0.1"
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tls_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("mqtt-tls")
+    tlsstack.server_certificate(folder, ["placeholder.localhost"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gateway(live_server, tls_dir, django_db_blocker):
+    front = live_server.app
+    credentials = tls.Credentials(str(tls_dir / "server.pem"), str(tls_dir / "server.key"))
+    gw = Gateway(front, credentials, "127.0.0.1", 0)
+    with django_db_blocker.unblock():
+        asyncio.run_coroutine_threadsafe(gw.start(), front.loop).result(10)
+    yield gw
+    with django_db_blocker.unblock():
+        asyncio.run_coroutine_threadsafe(gw.stop(), front.loop).result(10)
+
+
+@pytest.fixture
+def mqtt_connector(gateway, tls_dir, transactional_db, monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolve)
+    monkeypatch.setattr(tls, "RELOAD_CHECK_S", 0.0)
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "MQTT")
+    connector.protocol_name = MQTT_PROTOCOL
+    connector.id_type, connector.id_length = "base10", 8
+    connector.save()
+    define(connector, "temp", "label")
+    define(connector, setpoint={"settable": True})
+    tlsstack.server_certificate(tls_dir, [f"{connector.id}.localhost"])
+    return connector
+
+
+class Device_:
+    """A paho-mqtt device of one connector: connects over TLS with the local server CA."""
+
+    def __init__(self, connector, gateway, tls_dir, *, client_id="", cert=None, key=None):
+        self.host = f"{connector.id}.localhost"
+        self.port = gateway.port
+        self.gateway = gateway
+        self.messages: queue.Queue = queue.Queue()
+        self.connacks: queue.Queue = queue.Queue()
+        self.closed = threading.Event()
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
+        )
+        client.tls_set(ca_certs=str(tls_dir / "ca.pem"), certfile=cert, keyfile=key)
+        client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload, m.qos))
+        client.on_connect = lambda c, u, flags, rc, props: self.connacks.put(
+            V311_RETURN_CODE.get(rc.value, rc.value)
+        )
+        client.on_disconnect = lambda c, u, flags, rc, props: self.closed.set()
+        self.client = client
+
+    def connect(self, username=None, password=None) -> int:
+        if username is not None or password is not None:
+            self.client.username_pw_set(username or "", password)
+        self.client.connect(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+        return self.connacks.get(timeout=10)
+
+    def publish(self, topic: str, payload, qos: int = 1):
+        info = self.client.publish(topic, payload, qos=qos)
+        if qos:
+            info.wait_for_publish(10)
+            assert info.is_published()
+        return info
+
+    def message(self, timeout: float = 5.0):
+        return self.messages.get(timeout=timeout)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        settle(self.gateway)
+
+
+@pytest.fixture
+def make_device(mqtt_connector, gateway, tls_dir):
+    made = []
+
+    def make(**kwargs) -> Device_:
+        device = Device_(mqtt_connector, gateway, tls_dir, **kwargs)
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        device.client.disconnect()
+        device.client.loop_stop()
+    settle(gateway)
+
+
+def settle(gateway) -> None:
+    """Wait until the gateway holds no session and runs nothing (their disconnects are
+    recorded before the test's database is emptied)."""
+    wait_for(lambda: not gateway.sessions and all(t.done() for t in gateway.tasks), 10)
+
+
+def wait_for(check, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def provision(make_device, identity: str) -> str:
+    anonymous = make_device()
+    assert anonymous.connect() == codec.ACCEPTED
+    anonymous.publish(f"$provision/{identity}", b"")
+    topic, token, _qos = anonymous.message()
+    assert topic == f"$provision/{identity}"
+    anonymous.stop()
+    return token.decode()
+
+
+def test_token_provisioning_then_writes_acknowledged_after_commit(mqtt_connector, make_device):
+    type(mqtt_connector).objects.filter(pk=mqtt_connector.pk).update(events_enabled=True)
+    device_services.whitelist_device(mqtt_connector, "00000001")
+    token = provision(make_device, "00000001")
+    assert len(token) == 40 and token.isalnum()
+    stored = Device.objects.get(identity="00000001")
+    assert stored.state == "provisioned" and stored.auth_type == "token"
+    assert token not in stored.secret_hash
+    assert Event.objects.filter(type="provisioned", identity="00000001").exists()
+
+    device = make_device()
+    assert device.connect("", token) == codec.ACCEPTED
+    device.publish("$resource/temp", "21.5")
+    # PUBACK came: the value is committed already.
+    assert AliasValue.objects.get(device=stored, alias="temp").reported == "21.5"
+    device.publish(
+        "$resource.batch",
+        json.dumps(
+            [
+                {"timestamp": 1_700_000_000, "values": {"temp": 20.5}},
+                {"timestamp": 1_700_000_060_000_000, "values": {"temp": "20.7"}},
+            ]
+        ),
+    )
+    points = sorted(DataPoint.objects.filter(device=stored).values_list("timestamp", "value"))
+    assert points == [(1_700_000_000_000_000, "20.5"), (1_700_000_060_000_000, "20.7")]
+    assert wait_for(
+        lambda: DeviceSession.objects.filter(device=stored, connected_at__isnull=False).exists()
+    )
+    assert Event.objects.filter(type="connect", identity="00000001").exists()
+    device.stop()
+    wait_for(lambda: Event.objects.filter(type="disconnect", identity="00000001").exists())
+    assert DeviceSession.objects.get(device=stored).connected_at is None
+    # The device events, as delivered: over MQTT, the session's id on connect and disconnect.
+    outbox = list(OutboxEvent.objects.filter(identity="00000001").order_by("id"))
+    assert [e.type for e in outbox] == [
+        "provisioned",
+        "connect",
+        "data_in",
+        "data_in",
+        "disconnect",
+    ]
+    assert {e.protocol for e in outbox} == {"mqtt"}
+    session = DeviceSession.objects.get(device=stored).connection
+    assert outbox[1].connection_id == outbox[-1].connection_id == session
+
+
+def test_bad_credentials_and_refusals_answer_their_connack(mqtt_connector, make_device):
+    assert make_device().connect("", "X" * 40) == codec.REFUSED_BAD_CREDENTIALS
+    device_services.whitelist_device(mqtt_connector, "00000002")
+    token = provision(make_device, "00000002")
+    assert make_device(client_id="00000009").connect("", token) == codec.REFUSED_IDENTIFIER
+    assert make_device(client_id="00000002").connect("", token) == codec.ACCEPTED
+    device_services.set_locked(mqtt_connector, Device.objects.filter(identity="00000002"), True)
+    assert make_device().connect("", token) == codec.REFUSED_NOT_AUTHORIZED
+    assert Event.objects.filter(type="auth_failed").exists()
+
+
+def test_cloud_set_reaches_connected_sessions_and_pending_ones_on_connect(
+    mqtt_connector, make_device
+):
+    device_services.whitelist_device(mqtt_connector, "00000003")
+    token = provision(make_device, "00000003")
+    row = Device.objects.get(identity="00000003")
+    device_services.set_state(row, {"setpoint": "19"})  # before any session: sent on connect
+    device = make_device()
+    assert device.connect("", token) == codec.ACCEPTED
+    topic, payload, _ = device.message()
+    assert topic.startswith("$resource/setpoint/") and payload == b"19"
+    device.publish("$resource/temp", "1")  # QoS 1 from now on
+    started = time.monotonic()
+    device_services.set_state(row, {"setpoint": "22"})
+    topic, payload, qos = device.message()
+    assert payload == b"22" and qos == 1
+    assert int(topic.rsplit("/", 1)[1]) == AliasValue.objects.get(alias="setpoint").timestamp
+    assert time.monotonic() - started < 1.0
+    # The device's own write of a settable alias is not echoed back to it.
+    device.publish("$resource/setpoint", "23")
+    with pytest.raises(queue.Empty):
+        device.message(timeout=0.5)
+
+
+def test_a_newer_connection_closes_the_older(mqtt_connector, make_device):
+    device_services.whitelist_device(mqtt_connector, "00000004")
+    token = provision(make_device, "00000004")
+    first = make_device()
+    assert first.connect("", token) == codec.ACCEPTED
+    first.client.reconnect_delay_set(60, 60)
+    second = make_device()
+    assert second.connect("", token) == codec.ACCEPTED
+    assert first.closed.wait(5)
+    second.publish("$resource/temp", "5")
+
+
+def self_signed(identity: str, folder: Path) -> tuple[str, str]:
+    """The tutorial's `openssl req -x509` device certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / f"{identity}.pem", folder / f"{identity}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_self_signed_certificate_is_bound_on_first_use(mqtt_connector, make_device, tmp_path):
+    mqtt_connector.auth_type = "certificate"
+    mqtt_connector.presenter_identity = True
+    mqtt_connector.save()
+    cert, key = self_signed("00000005", tmp_path)
+    device = make_device(cert=cert, key=key)
+    assert device.connect() == codec.ACCEPTED
+    device.publish("$resource/temp", "7")
+    row = Device.objects.get(identity="00000005")
+    assert row.cert_fingerprint and AliasValue.objects.get(device=row).reported == "7"
+    device.stop()
+    # Another key with the same CN is not that device.
+    other_cert, other_key = self_signed("00000005", tmp_path / "..")
+    assert make_device(cert=other_cert, key=other_key).connect() == codec.REFUSED_BAD_CREDENTIALS
+
+
+@pytest.fixture
+def raw_tls(mqtt_connector, gateway, tls_dir):
+    """TLS sockets to the gateway, closed after the test."""
+    opened = []
+
+    def connect(server_name=None) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=str(tls_dir / "ca.pem"))
+        sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+        opened.append(sock)
+        name = server_name or f"{mqtt_connector.id}.localhost"
+        wrapped = context.wrap_socket(sock, server_hostname=name)
+        opened.append(wrapped)
+        return wrapped
+
+    yield connect
+    for sock in opened:
+        sock.close()
+    settle(gateway)
+
+
+def closed(sock: ssl.SSLSocket) -> bool:
+    try:
+        return sock.recv(1024) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+
+
+def test_unknown_server_name_fails_the_handshake(raw_tls):
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        raw_tls("nosuchconnector00.localhost")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        codec._packet(0x30, codec._string("$resource/temp") + b"1"),  # PUBLISH before CONNECT
+        b"\x10\xff\xff\xff\xff\x7f",  # a malformed remaining length
+        codec._packet(0x82, b"\x00\x01" + codec._string("$resource/#") + b"\x01"),
+    ],
+    ids=["publish-first", "bad-length", "subscribe-first"],
+)
+def test_bad_packets_close_the_connection(raw_tls, first):
+    sock = raw_tls()
+    sock.sendall(first)
+    assert closed(sock)
+
+
+def test_wrong_protocol_level_gets_connack_1(raw_tls):
+    sock = raw_tls()
+    body = codec._string("MQTT") + bytes([3, 0x02]) + b"\x00\x3c" + codec._string("x")
+    sock.sendall(codec._packet(0x10, body))
+    assert sock.recv(4) == codec.encode_connack(codec.REFUSED_PROTOCOL_VERSION)
+    assert closed(sock)
+
+
+def test_qos2_and_foreign_topics_close_an_authenticated_session(mqtt_connector, make_device):
+    device_services.whitelist_device(mqtt_connector, "00000006")
+    token = provision(make_device, "00000006")
+    for topic, qos in (("$resource/temp", 2), ("other/topic", 1)):
+        device = make_device()
+        device.client.reconnect_delay_set(60, 60)
+        assert device.connect("", token) == codec.ACCEPTED
+        device.client.publish(topic, "1", qos=qos)
+        assert device.closed.wait(5), topic
+    refused = Event.objects.filter(summary__startswith="MQTT connection closed")
+    wait_for(lambda: refused.count() == 2)
+    assert "QoS 2" in refused.order_by("time")[0].summary
+
+
+def test_gdc_mqtt_activate_publish_subscribe_and_certificate(
+    mqtt_connector, gateway, tls_dir, tmp_path
+):
+    """Exosite's own client, unmodified: `gdc mqtt activate|publish|subscribe`, `-C/-K`."""
+    device_services.whitelist_device(mqtt_connector, "00000007")
+    host = f"{mqtt_connector.id}.localhost"
+    ca = str(tls_dir / "ca.pem")
+    base = [sys.executable, str(GDC), "-H", f"https://{host}", "-E", ca, "-P", str(gateway.port)]
+
+    def gdc(*args):
+        found = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0, found.stderr
+        return found.stdout.strip()
+
+    token = gdc("mqtt", "activate", "-u", "00000007").splitlines()[-1]
+    assert len(token) == 40 and token.isalnum()
+    gdc("-k", token, "mqtt", "publish", "$resource/temp", "42")
+    assert AliasValue.objects.get(alias="temp").reported == "42"
+    batch = '[{"timestamp": 1700000000, "values": {"temp": 41}}]'
+    gdc("-k", token, "mqtt", "publish", "$resource.batch", batch)
+    assert DataPoint.objects.get(timestamp=1_700_000_000_000_000).value == "41"
+
+    listener = subprocess.Popen(
+        [*base, "-k", token, "mqtt", "subscribe", "--disconnect-after", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        row = Device.objects.get(identity="00000007")
+        wait_for(lambda: row.id in gateway.by_device, 15)
+        device_services.set_state(row, {"setpoint": "25"})
+        out, err = listener.communicate(timeout=30)
+    finally:
+        listener.kill()
+    stamp = AliasValue.objects.get(device=row, alias="setpoint").timestamp
+    assert f"setpoint.{stamp}=25" in out, err
+    settle(gateway)
+
+    mqtt_connector.auth_type = "certificate"
+    mqtt_connector.presenter_identity = True
+    mqtt_connector.save()
+    cert, key = self_signed("00000008", tmp_path)
+    gdc("-C", cert, "-K", key, "mqtt", "publish", "$resource/temp", "9")
+    device = Device.objects.get(identity="00000008")
+    assert device.cert_fingerprint
+    assert AliasValue.objects.get(device=device, alias="temp").reported == "9"
+    settle(gateway)
