@@ -165,6 +165,7 @@ class SettingsForm(forms.Form):
     protocol_name = forms.ChoiceField(
         label="Device protocols",
         choices=PROTOCOL_CHOICES,
+        required=False,  # not sent: unchanged
         help_text="With MQTT, devices may also connect over MQTT 3.1.1 with TLS.",
     )
     # Provisioning
@@ -251,6 +252,9 @@ class SettingsForm(forms.Form):
         self.fields["client_ca_remove"].choices = [
             (ca.fingerprint, ca.subject) for ca in self.existing_cas
         ]
+
+    def clean_protocol_name(self) -> str:
+        return self.cleaned_data.get("protocol_name") or self.connector.protocol_name
 
     def clean_resources(self):
         value = self.cleaned_data.get("resources")

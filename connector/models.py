@@ -167,6 +167,13 @@ class Connector(models.Model):
         return f"{self.id}.{settings.DEVICE_API_DOMAIN}"
 
     @property
+    def mqtt_endpoint(self) -> str:
+        """`host:port` of its MQTT Device API, "" when it takes no MQTT."""
+        if self.protocol_name != MQTT_PROTOCOL or not settings.MQTT_PORT:
+            return ""
+        return f"{self.fqdn}:{settings.MQTT_PORT}"
+
+    @property
     def identity_format(self) -> IdentityFormat:
         return IdentityFormat(
             prefix=self.id_prefix,

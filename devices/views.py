@@ -18,7 +18,8 @@ from connector.views import user_connector
 from devices import listing, services, staging
 from devices.forms import AddDeviceForm, ImportForm, TagsForm, tags_text
 from devices.importer import HEADER_HELP, escape_cell, import_identities
-from devices.models import Device, Status
+from devices.models import Device, DeviceSession, Status
+from provisioning.mqtt import device as mqtt_sessions
 
 
 def _render(request, connector: Connector, template: str, status: int = 200, **context):
@@ -38,6 +39,7 @@ def device_list(request: HttpRequest, connector_id: str) -> HttpResponse:
             after=request.GET.get("after", ""),
             before=request.GET.get("before", ""),
         )
+    connected = mqtt_sessions.connected_sessions(d.pk for d in rows)
     query = request.GET.copy()
     for key in ("after", "before"):
         query.pop(key, None)
@@ -45,7 +47,7 @@ def device_list(request: HttpRequest, connector_id: str) -> HttpResponse:
         request,
         connector,
         "devices/list.html",
-        rows=[(d, d.status_at(now)) for d in rows],
+        rows=[(d, d.status_at(now), connected.get(d.pk)) for d in rows],
         flt=flt,
         filter_errors=errors,
         next_after=rows[-1].identity if rows and more_after else "",
@@ -336,6 +338,8 @@ def device_detail(request: HttpRequest, connector_id: str, identity: str) -> Htt
         status=400 if tags_form.errors else 200,
         device=device,
         status_now=device.status,
+        connected_since=mqtt_sessions.connected_sessions([device.pk]).get(device.pk),
+        session=DeviceSession.objects.filter(device=device).first(),
         tags_form=tags_form,
         events=events,
         values=device.values.order_by("alias")[:200],

@@ -65,8 +65,8 @@ class Front:
 
         cert, key = settings.MQTT_TLS_CERT, settings.MQTT_TLS_KEY
         if not (os.path.exists(cert) and os.path.exists(key)):
-            log.warning("MQTT is off: no server certificate at %s (MQTT_TLS_CERT)", cert)
-            return
+            # Listening all the same: the certificate is read when it appears (tls_stack).
+            log.warning("MQTT: no server certificate at %s yet (MQTT_TLS_CERT)", cert)
         self.mqtt = Gateway(self, Credentials(cert, key), settings.MQTT_BIND, port)
         await self.mqtt.start()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from pathlib import Path
 from string import Template
 
@@ -64,10 +65,17 @@ def server_certificate(folder: Path, names: list[str]) -> tuple[Path, Path]:
         .sign(ca_key, hashes.SHA256())
     )
     cert_path, key_path = folder / "server.pem", folder / "server.key"
-    key_path.write_text(private_key_pem(key))
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
+    # Each file replaced whole: a server re-reading them (the MQTT listener) never sees half.
+    _replace(key_path, private_key_pem(key).encode(), 0o600)
+    _replace(cert_path, cert.public_bytes(Encoding.PEM), 0o644)
     return cert_path, key_path
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    partial = path.with_name(path.name + ".new")
+    partial.write_bytes(data)
+    partial.chmod(mode)
+    os.replace(partial, path)
 
 
 def nginx_config(

@@ -181,7 +181,7 @@ def test_patch_every_setting(api, connector):
         ({"identity_format": {"colour": "red"}}, "identity_format.colour", "Unknown setting"),
         ({"bogus": 1}, "bogus", "Unknown setting"),
         ({"fqdn": "evil.example.com"}, "fqdn", "read-only"),
-        ({"protocol": {"name": "mqtt"}}, "protocol.name", "read-only"),
+        ({"protocol": {"name": "mqtt"}}, "protocol.name", "not one of the available choices"),
         ({"pki": {"enabled": True}}, "pki.client_ca", "at least one client CA"),
         ({"pki": {"client_ca": ["garbage"]}}, "pki.client_ca", "No PEM certificate"),
         ({"pki": {"vendor": {"name": "digicert"}}}, "pki.vendor.options.profile_name", "profile"),
@@ -201,6 +201,22 @@ def test_bad_settings_are_400_naming_the_field_and_nothing_changes(
     connector.refresh_from_db()
     assert not connector.devmode
     assert not Event.objects.filter(type="settings_changed").exists()
+
+
+def test_protocol_name_turns_mqtt_on_and_off(api, connector):
+    """`protocol.name` is Murano's switch for the MQTT Device API (SPEC.md section 8)."""
+    url = settings_url(connector.id)
+    response = api.patch(url, {"protocol": {"name": "murano:v1/mqtt"}}, format="json")
+    assert response.status_code == 204
+    assert api.get(url).json()["protocol"]["name"] == "murano:v1/mqtt"
+    connector.refresh_from_db()
+    assert connector.protocol_name == "murano:v1/mqtt"
+    # Other settings sent without it leave it as it is.
+    assert api.patch(url, {"protocol": {"devmode": True}}, format="json").status_code == 204
+    assert api.get(url).json()["protocol"] == {"name": "murano:v1/mqtt", "devmode": True}
+    api.patch(url, {"protocol": {"name": "onep:v1/http"}}, format="json")
+    connector.refresh_from_db()
+    assert connector.protocol_name == "onep:v1/http"
 
 
 @pytest.mark.parametrize("body", ['"a string"', "[1, 2]", "{not json"])

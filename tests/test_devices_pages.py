@@ -41,7 +41,7 @@ def list_url(connector, **params):
 
 
 def identities(response):
-    return [device.identity for device, _status in response.context["rows"]]
+    return [device.identity for device, _status, _connected in response.context["rows"]]
 
 
 def test_list_shows_rows_with_status_tags_and_legend(browser_client, five):

@@ -416,3 +416,94 @@ def test_gdc_mqtt_activate_publish_subscribe_and_certificate(
     assert device.cert_fingerprint
     assert AliasValue.objects.get(device=device, alias="temp").reported == "9"
     settle(gateway)
+
+
+# --- Across server processes (PostgreSQL) ---------------------------------------------------
+
+
+@pytest.fixture
+def two_mqtt_processes(transactional_db, tls_dir, monkeypatch):
+    """Two production servers (gunicorn) on the test database, each listening for MQTT on
+    its own port with the local CA's certificate."""
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    from tests.conftest import free_port
+    from tests.test_long_poll import ServerProcess
+
+    if connection.vendor != "postgresql":
+        pytest.skip("wake-ups across processes are PostgreSQL's: runs in its pass of the suite")
+    monkeypatch.setattr(socket, "getaddrinfo", _resolve)
+    params = connection.settings_dict
+    url = f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+    servers = []
+    for _ in range(2):
+        port = free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "DATA_DIR": str(settings.DATA_DIR),
+            "MQTT_PORT": str(port),
+            "MQTT_TLS_CERT": str(tls_dir / "server.pem"),
+            "MQTT_TLS_KEY": str(tls_dir / "server.key"),
+        }
+        server = ServerProcess(None, env)
+        server.mqtt_port = port
+        servers.append(server)
+    yield servers
+    for server in servers:
+        if server.process.poll() is None:
+            server.stop()
+
+
+def test_cloud_set_reaches_a_session_on_another_process_and_sigterm_closes_cleanly(
+    two_mqtt_processes, tls_dir
+):
+    first, second = two_mqtt_processes
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "Two processes")
+    connector.protocol_name = MQTT_PROTOCOL
+    connector.save()
+    define(connector, setpoint={"settable": True})
+    tlsstack.server_certificate(tls_dir, [f"{connector.id}.localhost"])
+    time.sleep(1.1)  # the servers look at the certificate files once a second
+    device_services.whitelist_device(connector, "dev-1")
+
+    class Gw:  # where Device_ connects
+        def __init__(self, server):
+            self.port, self.sessions, self.tasks = server.mqtt_port, (), ()
+
+    anonymous = Device_(connector, Gw(first), tls_dir)
+    assert anonymous.connect() == codec.ACCEPTED
+    anonymous.publish("$provision/dev-1", b"")
+    token = anonymous.message()[1].decode()
+    anonymous.client.disconnect()
+    anonymous.client.loop_stop()
+
+    device = Device_(connector, Gw(first), tls_dir)
+    assert device.connect("", token) == codec.ACCEPTED
+    row = Device.objects.get(identity="dev-1")
+    wait_for(lambda: DeviceSession.objects.filter(device=row, connected_at__isnull=False).exists())
+    started = time.monotonic()
+    device_services.set_state(row, {"setpoint": "7"})  # from this, a third process
+    topic, payload, _ = device.message()
+    assert payload == b"7" and topic.startswith("$resource/setpoint/")
+    assert time.monotonic() - started < 1.0
+
+    # A newer connection of the device on the other process closes this one.
+    device.client.reconnect_delay_set(60, 60)
+    newer = Device_(connector, Gw(second), tls_dir)
+    newer.client.reconnect_delay_set(60, 60)
+    assert newer.connect("", token) == codec.ACCEPTED
+    assert device.closed.wait(5)
+    device.client.loop_stop()
+
+    # SIGTERM: the session is ended cleanly, and the device is disconnected at once.
+    second.process.terminate()
+    assert newer.closed.wait(10)
+    assert second.process.wait(20) == 0
+    newer.client.loop_stop()
+    session = DeviceSession.objects.get(device=row)
+    assert session.connected_at is None and session.disconnected_at is not None

@@ -59,7 +59,6 @@ class Gateway:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.credentials.context()  # a missing or broken certificate fails the start
         await longpoll.start()
         longpoll.hub.observers.append(self.woken)
         self.server = await loop.create_server(
@@ -284,7 +283,7 @@ class Session(asyncio.Protocol):
         try:
             context = self.gateway.credentials.context()
         except Exception:
-            log.exception("MQTT: the server certificate cannot be loaded")
+            log.warning("MQTT: no usable server certificate (MQTT_TLS_CERT, MQTT_TLS_KEY)")
             self.close("no server certificate")
             return
         self.tls = tls.TLSServerConnection(context)

@@ -15,6 +15,7 @@ sockets.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
+
+log = logging.getLogger(__name__)
 
 # A ClientHello larger than this (handshake bytes) is refused; real ones are under 2 KiB
 # (a few more with post-quantum key shares).
@@ -132,8 +135,15 @@ class Credentials:
                 self._checked = now
                 stamp = self._files_stamp()
                 if stamp != self._stamp:
-                    self._context = server_context(self.cert_path, self.key_path)
-                    self._stamp = stamp
+                    try:
+                        self._context = server_context(self.cert_path, self.key_path)
+                        self._stamp = stamp
+                    except (SSL.Error, OSError):
+                        # Caught between the key's and the certificate's rewrite: the one
+                        # loaded before serves until the pair matches again.
+                        if self._context is None:
+                            raise
+                        log.warning("MQTT: the new server certificate does not load yet")
             return self._context
 
 

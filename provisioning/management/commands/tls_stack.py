@@ -47,6 +47,11 @@ class Command(BaseCommand):
         self.stdout.write(
             f"nginx config: {config}\nserver CA for curl --cacert: {folder / 'ca.pem'}"
         )
+        if settings.MQTT_PORT:
+            self.stdout.write(
+                f"MQTT over TLS: <connector-id>.{domain}:{settings.MQTT_PORT} (the server "
+                "re-reads this certificate: gdc -E " + str(folder / "ca.pem") + " mqtt …)"
+            )
         if run:
             if not Path(nginx).exists():
                 raise CommandError("nginx is not installed (Debian: apt install nginx-light)")
