@@ -192,9 +192,25 @@ def test_token_provisioning_then_writes_acknowledged_after_commit(mqtt_connector
         lambda: DeviceSession.objects.filter(device=stored, connected_at__isnull=False).exists()
     )
     assert Event.objects.filter(type="connect", identity="00000001").exists()
+    # The device list and page show it connected, and since when.
+    from django.test import Client
+    from django.urls import reverse
+
+    browser = Client()
+    browser.force_login(User.objects.get(email="maker@example.com"))
+    listing = browser.get(reverse("device-list", args=[mqtt_connector.id])).content.decode()
+    assert "MQTT connected" in listing
+    page = browser.get(
+        reverse("device-detail", args=[mqtt_connector.id, "00000001"])
+    ).content.decode()
+    assert "Connected</span> since" in page
     device.stop()
     wait_for(lambda: Event.objects.filter(type="disconnect", identity="00000001").exists())
     assert DeviceSession.objects.get(device=stored).connected_at is None
+    page = browser.get(
+        reverse("device-detail", args=[mqtt_connector.id, "00000001"])
+    ).content.decode()
+    assert "Disconnected since" in page and "MQTT connected" not in page
     # The device events, as delivered: over MQTT, the session's id on connect and disconnect.
     outbox = list(OutboxEvent.objects.filter(identity="00000001").order_by("id"))
     assert [e.type for e in outbox] == [
