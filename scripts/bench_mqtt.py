@@ -361,9 +361,8 @@ def report(name: str, r: dict) -> None:
     rate, refused = r["storm"]
     print(f"  connect storm         {rate:8.0f} sessions/s, {refused} refused")
     held, per, total_kb = r["idle"]
-    print(
-        f"  idle sessions         {held} held, {per:.1f} KB RSS each (worker {total_kb / 1024:.0f} MB)"
-    )
+    worker_mb = total_kb / 1024
+    print(f"  idle sessions         {held} held, {per:.1f} KB RSS each (worker {worker_mb:.0f} MB)")
     if "downlink" in r:
         lat = r["downlink"]
         p50, p99 = statistics.median(lat), pct(lat, 0.99)
