@@ -412,6 +412,8 @@ MQTT_TLS_KEY = env.str("MQTT_TLS_KEY", default=str(DATA_DIR / "tls" / "server.ke
 MQTT_BACKLOG = env.int("MQTT_BACKLOG", default=4096)
 # A connection must send its CONNECT within this (seconds, TLS handshake included).
 MQTT_CONNECT_TIMEOUT = env.float("MQTT_CONNECT_TIMEOUT", default=10.0)
+# The longest keepalive honoured (s): a CONNECT asking for none or more gets this.
+MQTT_MAX_KEEPALIVE = env.int("MQTT_MAX_KEEPALIVE", default=3600)
 # Connections from one address to one server process; more are closed at once.
 MQTT_MAX_PER_IP = env.int("MQTT_MAX_PER_IP", default=1000)
 # A device's PUBLISH rate (per second) and burst: beyond it the session reads no more

@@ -370,6 +370,53 @@ def test_wrong_protocol_level_gets_connack_1(raw_tls):
     assert closed(sock)
 
 
+def connect_raw(sock, keepalive: int = 60, password: bytes | None = None) -> bytes:
+    flags = 0x02 | (0xC0 if password is not None else 0)
+    body = codec._string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
+    body += codec._string("")
+    if password is not None:
+        body += codec._string("") + len(password).to_bytes(2, "big") + password
+    sock.sendall(codec._packet(0x10, body))
+    return sock.recv(4)
+
+
+def test_a_session_silent_past_one_and_a_half_keepalives_is_closed(raw_tls):
+    sock = raw_tls()
+    assert connect_raw(sock, keepalive=1) == codec.encode_connack(codec.ACCEPTED)
+    sock.settimeout(10)
+    started = time.monotonic()
+    assert closed(sock)
+    assert time.monotonic() - started >= 1.4  # not before 1.5 × its keepalive
+
+
+def test_connections_from_one_address_are_capped(raw_tls, settings):
+    settings.MQTT_MAX_PER_IP = 2
+    first, second = raw_tls(), raw_tls()
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        raw_tls()
+    assert connect_raw(first) == codec.encode_connack(codec.ACCEPTED)
+    assert connect_raw(second) == codec.encode_connack(codec.ACCEPTED)
+
+
+def test_a_publish_flood_is_slowed_to_the_rate_and_loses_nothing(
+    mqtt_connector, make_device, settings
+):
+    settings.MQTT_PUBLISH_RATE, settings.MQTT_PUBLISH_BURST = 20.0, 5
+    device_services.whitelist_device(mqtt_connector, "00000010")
+    token = provision(make_device, "00000010")
+    device = make_device()
+    assert device.connect("", token) == codec.ACCEPTED
+    started = time.monotonic()
+    infos = [device.client.publish("$resource/temp", str(n), qos=1) for n in range(30)]
+    for info in infos:
+        info.wait_for_publish(20)
+        assert info.is_published()
+    # 25 beyond the burst at 20 a second: the gateway cannot have taken them faster.
+    assert time.monotonic() - started >= 25 / 20 - 0.05
+    assert AliasValue.objects.get(alias="temp").reported == "29"
+    assert Event.objects.filter(type="data_in", identity="00000010").count() == 30
+
+
 def test_qos2_and_foreign_topics_close_an_authenticated_session(mqtt_connector, make_device):
     device_services.whitelist_device(mqtt_connector, "00000006")
     token = provision(make_device, "00000006")

@@ -377,8 +377,6 @@ class Session(asyncio.Protocol):
         elif isinstance(packet, codec.Connect):
             self.refuse("CONNECT twice")
             return
-        if isinstance(packet, codec.Publish) and not self._take_token():
-            pass  # reading paused until the bucket refills; the packet is still handled
         self.queue.append(packet)
         if len(self.queue) > MAX_QUEUED and not self.paused:
             self.paused = True
@@ -387,22 +385,17 @@ class Session(asyncio.Protocol):
             self.busy = True
             self.gateway.spawn(self._drain())
 
-    def _take_token(self) -> bool:
+    def _wait_for_token(self) -> float:
         """The device's PUBLISH rate (MQTT_PUBLISH_RATE per second, bursts of
-        MQTT_PUBLISH_BURST): over it, reading pauses until there is room, so a flooding
+        MQTT_PUBLISH_BURST): seconds to wait before this PUBLISH is handled. Meanwhile the
+        session handles nothing else (its queue fills and reading pauses), so a flooding
         device slows to the rate and loses nothing."""
         now = time.monotonic()
         rate = settings.MQTT_PUBLISH_RATE
         self.tokens = min(settings.MQTT_PUBLISH_BURST, self.tokens + (now - self.refilled) * rate)
         self.refilled = now
         self.tokens -= 1
-        if self.tokens >= 0:
-            return True
-        if not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(-self.tokens / rate, self._resume)
-        return False
+        return 0.0 if self.tokens >= 0 else -self.tokens / rate
 
     def _resume(self) -> None:
         if self.state != CLOSED and self.paused and len(self.queue) <= MAX_QUEUED // 4:
@@ -413,12 +406,14 @@ class Session(asyncio.Protocol):
         try:
             while self.queue and self.state != CLOSED:
                 packet = self.queue.popleft()
+                if isinstance(packet, codec.Publish) and (delay := self._wait_for_token()):
+                    await asyncio.sleep(delay)
                 try:
                     await self.handle(packet)
                 except Exception:
                     log.exception("MQTT: a packet failed")
                     self.close("the server failed")
-                if self.paused and len(self.queue) <= MAX_QUEUED // 4 and self.tokens >= 0:
+                if self.paused and len(self.queue) <= MAX_QUEUED // 4:
                     self._resume()
         finally:
             self.busy = False
@@ -449,7 +444,9 @@ class Session(asyncio.Protocol):
             self.close(f"protocol level {connect.level}, not 4 (MQTT 3.1.1)")
             return
         self.client_id = connect.client_id
-        self.keepalive = float(connect.keepalive)
+        # 0 (no keepalive) or more than the cap: the cap, so no silent session lives forever.
+        cap = settings.MQTT_MAX_KEEPALIVE
+        self.keepalive = float(min(connect.keepalive, cap) if connect.keepalive else cap)
         chain = self.tls.peer_chain_pem()
         gateway = self.gateway
         found = await gateway.run_sync(
@@ -478,7 +475,11 @@ class Session(asyncio.Protocol):
         if self.keepalive:
             self._arm(self.keepalive * KEEPALIVE_GRACE)
         if found.device is None:
+            # Anonymous: it may only provision; silent for 1.5 × 4 × MQTT_CONNECT_TIMEOUT: gone.
             self.anonymous = True
+            self.keepalive = min(self.keepalive, settings.MQTT_CONNECT_TIMEOUT * 4)
+            self.timer.cancel()
+            self._arm(self.keepalive * KEEPALIVE_GRACE)
             return
         self.device = found.device
         self.since = found.since
