@@ -292,3 +292,24 @@ def test_vendor_options_show_only_for_the_chosen_vendor(page):
     vendor.select_option("digicert")
     expect(page.get_by_label("Profile name")).to_be_visible()
     expect(page.get_by_label("Local CA private key")).to_be_hidden()
+
+
+def test_mqtt_is_switched_on_in_settings_and_its_endpoint_shown(page, settings):
+    """Settings tab: "Device protocols" turns Murano's MQTT Device API on (protocol.name);
+    the domain box and the Protocol section then show the MQTT endpoint."""
+    from connector.services import create_connector
+
+    settings.MQTT_PORT = 8883  # the live server's listener is started by tests/test_mqtt.py
+    user = User.objects.create_user("mqtt@example.com", "a long factory passphrase")
+    connector = create_connector(user, "MQTT")
+    sign_in(page, "mqtt@example.com")
+    page.goto(f"/c/{connector.id}/")
+    expect(page.locator("#mqtt-endpoint")).to_have_count(0)
+    page.get_by_label("Device protocols").select_option("murano:v1/mqtt")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_text("Settings saved.")).to_be_visible()
+    endpoint = f"{connector.id}.localhost:8883"
+    expect(page.locator("#mqtt-endpoint")).to_have_value(endpoint)
+    expect(page.locator(".settings")).to_contain_text("MQTT Device API (murano:v1/mqtt")
+    connector.refresh_from_db()
+    assert connector.protocol_name == "murano:v1/mqtt"
