@@ -8,7 +8,7 @@ waiting long polls, plus WEB_THREADS threads that run Django.
 
 import multiprocessing
 import os
-import subprocess
+import signal
 import sys
 import threading
 import time
@@ -68,28 +68,42 @@ def when_ready(server):
     if _relay_mode() != "process":
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    command = [sys.executable, "manage.py", "relay_events", "--parent", str(os.getpid())]
+    manage = os.path.join(root, "manage.py")
+    command = [sys.executable, manage, "relay_events", "--parent", str(os.getpid())]
 
     def keep_relaying():
         while not _relay["stopping"]:
-            running = _relay["process"]
-            if running is None or running.poll() is not None:
-                if running is not None:
-                    server.log.warning(
-                        "event relay exited (%s): starting it again", running.returncode
-                    )
-                _relay["process"] = subprocess.Popen(command, cwd=root)  # noqa: S603 (our own)
+            pid = _relay["process"]
+            if pid is None or not _alive(pid):
+                if pid is not None:
+                    server.log.warning("event relay (pid %d) exited: starting it again", pid)
+                # posix_spawn, not subprocess: Popen waits on a pipe for the exec, and a
+                # worker gunicorn forks meanwhile inherits that pipe and never execs, so the
+                # wait (and the relay) would hang for as long as that worker lives.
+                _relay["process"] = os.posix_spawn(sys.executable, command, os.environ)
             time.sleep(1)
 
     threading.Thread(target=keep_relaying, name="relay-keeper", daemon=True).start()
 
 
+def _alive(pid: int) -> bool:
+    """Whether the relay still runs. gunicorn's master reaps every child it has, the relay
+    included, so a child already reaped is gone too."""
+    try:
+        found, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return found == 0
+
+
 def on_exit(server):
     _relay["stopping"] = True
-    running = _relay["process"]
-    if running is not None and running.poll() is None:
-        running.terminate()
-        try:
-            running.wait(15)
-        except subprocess.TimeoutExpired:
-            running.kill()
+    pid = _relay["process"]
+    if pid is None or not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
