@@ -19,7 +19,7 @@ from connector.models import (
     User,
     Vendor,
 )
-from provisioning import pki
+from provisioning import longpoll, pki
 
 # Settings columns copied from a validated SettingsForm onto the connector.
 SETTINGS_COLUMNS = (
@@ -92,7 +92,10 @@ def rename_connector(connector: Connector, user: User, name: str) -> None:
 
 def delete_connector(connector: Connector, user: User) -> None:
     """Delete the connector with its devices, CAs and events (cascade)."""
-    connector.delete()
+    with transaction.atomic():
+        pk = connector.pk
+        connector.delete()
+        longpoll.announce_connector(pk)  # its MQTT sessions end
 
 
 def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str]:
@@ -153,6 +156,7 @@ def update_settings(connector: Connector, user: User, cleaned: dict) -> list[str
             payload["local_ca"] = _generate_local_ca(locked)
         if payload:
             locked.save()
+            longpoll.announce_connector(locked.pk)  # MQTT sessions checked against these
             changed = sorted(payload)
             events.record(
                 locked,

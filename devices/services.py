@@ -171,6 +171,7 @@ def revoke_device(device: Device, *, actor=None) -> None:
             state=Status.REPROVISION, secret_hash="", expire=None
         )
         device.state, device.secret_hash, device.expire = Status.REPROVISION, "", None
+        longpoll.announce_connector(device.connector_id)  # its MQTT sessions end
         events.record(
             device.connector_id,
             EventType.REVOKED,
@@ -186,6 +187,8 @@ def set_locked(connector: Connector, devices: QuerySet[Device], locked: bool, *,
         devices = devices.filter(connector=connector, locked=not locked)
         identities = list(devices.values_list("identity", flat=True)[:EVENT_IDENTITIES])
         count = devices.update(locked=locked)
+        if count and locked:
+            longpoll.announce_connector(connector.pk)  # their MQTT sessions end
         if count:
             verb = "Locked" if locked else "Unlocked"
             events.record(
@@ -216,6 +219,7 @@ def delete_devices(connector: Connector, devices: QuerySet[Device], *, actor=Non
             )
         devices.delete()
         if count:
+            longpoll.announce_connector(connector.pk)  # their MQTT sessions end
             events.record(
                 connector,
                 EventType.DELETED,

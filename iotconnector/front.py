@@ -175,10 +175,18 @@ class Front:
     async def resolve(self, pending: Pending) -> Answer:
         """A pending job's answer once the store committed it, or why it did not."""
         outcome = await self.store(pending.job)
+        return self.answered(pending, outcome) or await self.explain(pending)
+
+    def answered(self, pending: Pending, outcome) -> Answer | None:
+        """The answer of a job the store executed; None when it was not stored and why is
+        to be found out (`explain`)."""
         if outcome is self.device_api.stored:
             return pending.answer
         if isinstance(outcome, Answer):
             return outcome
+        return None
+
+    async def explain(self, pending: Pending) -> Answer:
         return await self.run_sync(self.device_api.explain, pending)
 
     def store(self, job) -> asyncio.Future:

@@ -92,10 +92,11 @@ class DeviceRow(NamedTuple):
     events_enabled: bool  # the connector's: whether its changes add outbox rows
 
 
-@lru_cache(maxsize=64)
-def lookup_sql(where: str) -> str:
+@lru_cache(maxsize=256)
+def lookup_sql(where: str, *, any_connector: bool = False) -> str:
     """Device + connector + activity in one statement; `where` picks the device. The
-    parameters: connector, then `where`'s.
+    parameters: connector, then `where`'s (only `where`'s with `any_connector`: the caller
+    checks each row's connector).
 
     Written out rather than built by the ORM: compiling the equivalent queryset cost more
     than the rest of a device write put together.
@@ -107,7 +108,7 @@ def lookup_sql(where: str) -> str:
         f"c.resources_version, d.auth_type, c.events_enabled "
         f"FROM {device} d JOIN {conn} c ON c.id = d.connector_id "
         f"LEFT JOIN {activity} a ON a.device_id = d.id "
-        f"WHERE d.connector_id = %s AND {where}"
+        f"WHERE {'' if any_connector else 'd.connector_id = %s AND '}{where}"
     )
 
 
@@ -130,6 +131,37 @@ def by_token_hashes(connector_id: str, ip: str, hashes) -> DeviceRow | None:
 def by_id(connector_id: str, ip: str, device_id: int) -> DeviceRow | None:
     found = find(connector_id, ip, "d.id = %s", [device_id])
     return found[0] if found else None
+
+
+def writers(jobs) -> dict[tuple, DeviceRow]:
+    """The devices of a batch of writes (jobs with `connector_id` and either `hashes` or
+    `device_id`) in at most two statements, keyed `(connector, "id", device id)` and
+    `(connector, "hash", secret hash)`: a row counts only for its own connector."""
+    ids = [job.device_id for job in jobs if not job.hashes]
+    hashes = [h for job in jobs for h in job.hashes]
+    found: dict[tuple, DeviceRow] = {}
+    if ids:
+        where = f"d.id IN ({', '.join(['%s'] * len(ids))})"
+        for row in sql_run(lookup_sql(where, any_connector=True), ids):
+            device = DeviceRow(*row)
+            found[(device.connector_id, "id", device.id)] = device
+    if hashes:
+        where = token_where(len(hashes))
+        params = [DeviceAuthType.TOKEN, *hashes]
+        for row in sql_run(lookup_sql(where, any_connector=True), params):
+            device = DeviceRow(*row)
+            found[(device.connector_id, "hash", device.secret_hash)] = device
+    return found
+
+
+def writer(found: dict[tuple, DeviceRow], job) -> DeviceRow | None:
+    """The job's device among `writers(jobs)`."""
+    if not job.hashes:
+        return found.get((job.connector_id, "id", job.device_id))
+    for candidate in job.hashes:
+        if (device := found.get((job.connector_id, "hash", candidate))) is not None:
+            return device
+    return None
 
 
 def _lookup(

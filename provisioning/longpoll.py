@@ -217,6 +217,17 @@ def announce(device_pk: int, aliases: list[str]) -> None:
         announce_local(device_pk, aliases)
 
 
+# A wake-up of no device (device 0): the sessions of this connector are to be checked again
+# (its settings changed, or some of its devices were locked, deleted or revoked).
+CONNECTOR_KEY = "$connector:"
+
+
+def announce_connector(connector_id: str) -> None:
+    """Once the current transaction commits, every server process looks again at the MQTT
+    sessions it holds for this connector (`provisioning.mqtt.gateway`)."""
+    announce(0, [CONNECTOR_KEY + connector_id])
+
+
 def announce_local(device_pk: int, aliases: list[str]) -> None:
     """SQLite (PostgreSQL statements send their own `pg_notify`): after the commit, wake this
     process's polls and tell the other server processes."""

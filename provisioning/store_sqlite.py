@@ -33,8 +33,9 @@ VALUE_UPSERT = {
 def write(jobs: list[WriteJob]) -> list[JobResult]:
     with WRITER_LOCK.held(), transaction.atomic():
         results, values, seen, logged, stored, sent = [], [], [], [], [], []
+        devices = auth.writers(jobs)  # one statement for the batch, not one per job
         for job in jobs:
-            device = _device(job)
+            device = auth.writer(devices, job)
             if device is None or _refused(job, device):
                 results.append(UNSTORED)
                 continue
@@ -60,12 +61,6 @@ def _data_in(job: WriteJob, device_id: int, identity: str) -> outbox.OutboxRow:
     return outbox.row(
         job.connector_id, "data_in", device_id, identity, job.ip, job.now, payload, job.protocol
     )
-
-
-def _device(job: WriteJob) -> auth.DeviceRow | None:
-    if job.hashes:
-        return auth.by_token_hashes(job.connector_id, job.ip, job.hashes)
-    return auth.by_id(job.connector_id, job.ip, job.device_id)
 
 
 def _refused(job: WriteJob, device: auth.DeviceRow) -> bool:

@@ -315,6 +315,124 @@ def test_self_signed_certificate_is_bound_on_first_use(mqtt_connector, make_devi
     assert make_device(cert=other_cert, key=other_key).connect() == codec.REFUSED_BAD_CREDENTIALS
 
 
+def test_a_pki_signed_certificate_connects_and_a_self_signed_one_does_not(
+    mqtt_connector, make_device, tmp_path
+):
+    from connector.models import ClientCA
+    from tests.certs import key_pem, make_cert, pem
+
+    ca_cert, ca_key = make_cert("Factory CA", ca=True)
+    mqtt_connector.auth_type = "certificate"
+    mqtt_connector.presenter_identity = True
+    mqtt_connector.pki_enabled = True
+    mqtt_connector.save()
+    ClientCA.objects.create(
+        connector=mqtt_connector,
+        pem=pem(ca_cert),
+        fingerprint="f" * 64,
+        subject="CN=Factory CA",
+        not_after=ca_cert.not_valid_after_utc,
+    )
+    leaf, leaf_key = make_cert("00000015", issuer_cert=ca_cert, issuer_key=ca_key)
+    cert_path, key_path = tmp_path / "leaf.pem", tmp_path / "leaf.key"
+    cert_path.write_text(pem(leaf) + pem(ca_cert))  # the device's certificate, then its CA
+    key_path.write_text(key_pem(leaf_key))
+    device = make_device(cert=str(cert_path), key=str(key_path))
+    assert device.connect() == codec.ACCEPTED
+    device.publish("$resource/temp", "15")
+    row = Device.objects.get(identity="00000015")
+    assert row.state == "provisioned" and AliasValue.objects.get(device=row).reported == "15"
+    device.stop()
+    # PKI on: a certificate no client CA signed is refused, however well formed.
+    cert, key = self_signed("00000016", tmp_path)
+    assert make_device(cert=cert, key=key).connect() == codec.REFUSED_BAD_CREDENTIALS
+    assert not Device.objects.filter(identity="00000016").exists()
+
+
+def test_password_provisioning_then_the_identity_and_password_connect(mqtt_connector, make_device):
+    mqtt_connector.auth_type = "password"
+    mqtt_connector.save()
+    device_services.whitelist_device(mqtt_connector, "00000014")
+    password = "correct horse battery staple"
+    anonymous = make_device()
+    assert anonymous.connect() == codec.ACCEPTED
+    anonymous.publish("$provision/00000014", password)
+    topic, payload, _qos = anonymous.message()
+    assert (topic, payload) == ("$provision/00000014", b"")  # nothing to hand back
+    anonymous.stop()
+    row = Device.objects.get(identity="00000014")
+    assert row.state == "provisioned" and row.auth_type == "password"
+    assert password not in row.secret_hash
+    wrong = make_device(client_id="00000014")
+    assert wrong.connect("00000014", "not the password at all") == codec.REFUSED_BAD_CREDENTIALS
+    device = make_device(client_id="00000014")
+    assert device.connect("00000014", password) == codec.ACCEPTED
+    device.publish("$resource/temp", "14")
+    assert AliasValue.objects.get(device=row, alias="temp").reported == "14"
+
+
+def test_an_address_over_the_failure_limit_gets_connack_3(mqtt_connector, make_device, settings):
+    settings.DEVICE_AUTH_FAILURE_LIMIT = 2
+    codes = [make_device().connect("", "X" * 40) for _ in range(3)]
+    assert codes == [codec.REFUSED_BAD_CREDENTIALS] * 2 + [codec.REFUSED_UNAVAILABLE]
+    assert Event.objects.filter(type="auth_failed").count() == 2  # the throttled one is not
+
+
+def test_locking_deleting_or_turning_mqtt_off_ends_sessions_at_once(
+    mqtt_connector, make_device, raw_tls
+):
+    from rest_framework.test import APIClient
+
+    identities = ["00000011", "00000012", "00000013"]
+    for identity in identities:
+        device_services.whitelist_device(mqtt_connector, identity)
+    tokens = {identity: provision(make_device, identity) for identity in identities}
+    sessions = {}
+    for identity, token in tokens.items():
+        sessions[identity] = make_device()
+        sessions[identity].client.reconnect_delay_set(60, 60)
+        assert sessions[identity].connect("", token) == codec.ACCEPTED
+    locked = Device.objects.filter(identity="00000011")
+    device_services.set_locked(mqtt_connector, locked, True)
+    assert sessions["00000011"].closed.wait(5)  # at once, not at its next PUBLISH
+    device_services.delete_devices(mqtt_connector, Device.objects.filter(identity="00000012"))
+    assert sessions["00000012"].closed.wait(5)
+    assert not sessions["00000013"].closed.is_set()  # the others' changes leave it be
+    sessions["00000013"].publish("$resource/temp", "13")
+    # Back to HTTP only (the settings JSON): its last session ends, new ones fail TLS.
+    api = APIClient()
+    api.force_authenticate(User.objects.get(email="maker@example.com"))
+    url = f"/api:1/service/{mqtt_connector.id}/device2"
+    response = api.patch(url, {"protocol": {"name": "onep:v1/http"}}, format="json")
+    assert response.status_code == 204
+    assert sessions["00000013"].closed.wait(5)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        raw_tls()
+    disconnects = Event.objects.filter(type="disconnect", identity__in=identities)
+    wait_for(lambda: disconnects.count() == 3)
+
+
+def test_puback_waits_for_the_commit_the_database_holds_back(mqtt_connector, make_device):
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a row lock from another connection: runs in the PostgreSQL pass")
+    device_services.whitelist_device(mqtt_connector, "00000017")
+    token = provision(make_device, "00000017")
+    device = make_device()
+    assert device.connect("", token) == codec.ACCEPTED
+    device.publish("$resource/temp", "1")
+    row = Device.objects.get(identity="00000017")
+    with transaction.atomic():
+        AliasValue.objects.select_for_update().get(device=row, alias="temp")  # held
+        info = device.client.publish("$resource/temp", "2", qos=1)
+        time.sleep(0.8)
+        assert not info.is_published()  # no PUBACK while the commit cannot happen
+    info.wait_for_publish(10)
+    assert info.is_published()
+    assert AliasValue.objects.get(device=row, alias="temp").reported == "2"
+
+
 @pytest.fixture
 def raw_tls(mqtt_connector, gateway, tls_dir):
     """TLS sockets to the gateway, closed after the test."""
@@ -502,8 +620,8 @@ def two_mqtt_processes(transactional_db, tls_dir, monkeypatch):
     params = connection.settings_dict
     url = f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
     servers = []
-    for _ in range(2):
-        port = free_port()
+
+    def start(port: int) -> ServerProcess:
         env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -514,11 +632,60 @@ def two_mqtt_processes(transactional_db, tls_dir, monkeypatch):
         }
         server = ServerProcess(None, env)
         server.mqtt_port = port
-        servers.append(server)
+        server.restart = lambda: servers.append(start(port)) or servers[-1]
+        return server
+
+    servers += [start(free_port()), start(free_port())]
     yield servers
     for server in servers:
         if server.process.poll() is None:
             server.stop()
+
+
+class ProcessGateway:
+    """Where `Device_` connects: a server process's MQTT port."""
+
+    def __init__(self, server):
+        self.port, self.sessions, self.tasks = server.mqtt_port, (), ()
+
+
+def mqtt_on(connector, tls_dir) -> None:
+    connector.protocol_name = MQTT_PROTOCOL
+    connector.save()
+    tlsstack.server_certificate(tls_dir, [f"{connector.id}.localhost"])
+    time.sleep(1.1)  # the servers look at the certificate files once a second
+
+
+def test_a_device_reconnects_after_the_server_restarts(two_mqtt_processes, tls_dir):
+    server = two_mqtt_processes[0]
+    user = User.objects.create_user("maker@example.com", PASSWORD)
+    connector = create_connector(user, "Restarts")
+    define(connector, "temp")
+    mqtt_on(connector, tls_dir)
+    device_services.whitelist_device(connector, "dev-r")
+    anonymous = Device_(connector, ProcessGateway(server), tls_dir)
+    assert anonymous.connect() == codec.ACCEPTED
+    anonymous.publish("$provision/dev-r", b"")
+    token = anonymous.message()[1].decode()
+    anonymous.client.disconnect()
+    anonymous.client.loop_stop()
+
+    device = Device_(connector, ProcessGateway(server), tls_dir)
+    device.client.reconnect_delay_set(1, 1)  # paho reconnects on its own, as firmware does
+    assert device.connect("", token) == codec.ACCEPTED
+    device.publish("$resource/temp", "1")
+    server.process.terminate()
+    assert server.process.wait(20) == 0
+    assert device.closed.wait(10)
+    restarted = server.restart()  # the same ports
+    assert device.connacks.get(timeout=30) == codec.ACCEPTED
+    device.publish("$resource/temp", "2")
+    row = Device.objects.get(identity="dev-r")
+    assert AliasValue.objects.get(device=row, alias="temp").reported == "2"
+    wait_for(lambda: DeviceSession.objects.filter(device=row, connected_at__isnull=False).exists())
+    device.client.disconnect()
+    device.client.loop_stop()
+    restarted.stop()
 
 
 def test_cloud_set_reaches_a_session_on_another_process_and_sigterm_closes_cleanly(
@@ -527,25 +694,18 @@ def test_cloud_set_reaches_a_session_on_another_process_and_sigterm_closes_clean
     first, second = two_mqtt_processes
     user = User.objects.create_user("maker@example.com", PASSWORD)
     connector = create_connector(user, "Two processes")
-    connector.protocol_name = MQTT_PROTOCOL
-    connector.save()
     define(connector, setpoint={"settable": True})
-    tlsstack.server_certificate(tls_dir, [f"{connector.id}.localhost"])
-    time.sleep(1.1)  # the servers look at the certificate files once a second
+    mqtt_on(connector, tls_dir)
     device_services.whitelist_device(connector, "dev-1")
 
-    class Gw:  # where Device_ connects
-        def __init__(self, server):
-            self.port, self.sessions, self.tasks = server.mqtt_port, (), ()
-
-    anonymous = Device_(connector, Gw(first), tls_dir)
+    anonymous = Device_(connector, ProcessGateway(first), tls_dir)
     assert anonymous.connect() == codec.ACCEPTED
     anonymous.publish("$provision/dev-1", b"")
     token = anonymous.message()[1].decode()
     anonymous.client.disconnect()
     anonymous.client.loop_stop()
 
-    device = Device_(connector, Gw(first), tls_dir)
+    device = Device_(connector, ProcessGateway(first), tls_dir)
     assert device.connect("", token) == codec.ACCEPTED
     row = Device.objects.get(identity="dev-1")
     wait_for(lambda: DeviceSession.objects.filter(device=row, connected_at__isnull=False).exists())
@@ -557,7 +717,7 @@ def test_cloud_set_reaches_a_session_on_another_process_and_sigterm_closes_clean
 
     # A newer connection of the device on the other process closes this one.
     device.client.reconnect_delay_set(60, 60)
-    newer = Device_(connector, Gw(second), tls_dir)
+    newer = Device_(connector, ProcessGateway(second), tls_dir)
     newer.client.reconnect_delay_set(60, 60)
     assert newer.connect("", token) == codec.ACCEPTED
     assert device.closed.wait(5)

@@ -158,9 +158,9 @@ def test_writes_of_several_devices_are_stored_in_one_transaction(line, django_as
         job_for(connector, tokens["dev-1"], [("temp", "21"), ("setpoint", "5"), ("other", "x")]),
         job_for(connector, tokens["dev-2"], [("setpoint", "7")]),
     ]
-    # PostgreSQL: one statement. SQLite: BEGIN, a lookup per device, one statement each for
-    # the values, last seen and the events, COMMIT.
-    with django_assert_num_queries(1 if postgresql() else 1 + 3 + 3 + 1):
+    # PostgreSQL: one statement. SQLite: BEGIN, one lookup of the three devices, one
+    # statement each for the values, last seen and the events, COMMIT.
+    with django_assert_num_queries(1 if postgresql() else 1 + 1 + 3 + 1):
         assert store.execute(jobs) == [STORED, STORED, STORED]
     stored = {
         (d, a): (r, s)

@@ -19,7 +19,7 @@ from connector import events, outbox
 from connector.models import MQTT_PROTOCOL, Event, EventType, now_us
 from connector.sql import insert_rows
 from devices.models import AliasValue, DeviceSession
-from provisioning import connectors, longpoll, rules, services
+from provisioning import auth, connectors, longpoll, rules, services
 from provisioning.answers import Answer, Pending, refused
 from provisioning.auth import Credentials, DeviceRow, authenticate_credentials
 from provisioning.certauth import authenticate_chain
@@ -156,6 +156,36 @@ read_set_values = _fresh(set_values)
 
 
 @_fresh
+@_fresh
+def still_allowed(connector_id: str, devices: list[DeviceRow]) -> set[int]:
+    """Of these sessions' devices, those that may still be connected: the connector still
+    takes MQTT, and each device is there, unchanged in state and credential, and allowed
+    (`auth.refusal_for`, as its writes are)."""
+    entry, _failures = connectors.load(connector_id, "0.0.0.0")  # noqa: S104 (no address)
+    if entry is None or entry.connector.protocol_name != MQTT_PROTOCOL or not devices:
+        return set()
+    fresh = auth.writers([_ById(connector_id, d.id) for d in devices])
+    allowed = set()
+    for known in devices:
+        row = fresh.get((connector_id, "id", known.id))
+        if (
+            row is not None
+            and (row.state, row.secret_hash) == (known.state, known.secret_hash)
+            and auth.refusal_for(row, secure=True) is None
+        ):
+            allowed.add(known.id)
+    return allowed
+
+
+@dataclass(frozen=True)
+class _ById:
+    """What `auth.writers` needs of a lookup by device id."""
+
+    connector_id: str
+    device_id: int
+    hashes: tuple = ()
+
+
 def close_session(device: DeviceRow, ip: str, connection: str, reason: str) -> None:
     """The session ended: the device is disconnected unless a newer session took over."""
     now = now_us()

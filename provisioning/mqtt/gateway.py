@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import secrets
 import time
@@ -118,11 +119,29 @@ class Gateway:
         return await self.front.resolve(pending)
 
     def woken(self, key: tuple[int, str]) -> None:
-        """A wake-up of the long polls: a device's alias changed, or a newer session opened."""
+        """A wake-up of the long polls: a device's alias changed, or a newer session opened,
+        or (device 0) a connector's sessions are to be checked again."""
+        if key[0] == 0:
+            if key[1].startswith(longpoll.CONNECTOR_KEY):
+                self.spawn(self.recheck(key[1][len(longpoll.CONNECTOR_KEY) :]))
+            return
         sessions = self.by_device.get(key[0])
         if sessions:
             for session in list(sessions):
                 session.woken(key[1])
+
+    async def recheck(self, connector_id: str) -> None:
+        """The connector's settings changed or some of its devices were locked, deleted or
+        revoked: its sessions whose device may no longer be connected end now (not at their
+        next PUBLISH), all of them when the connector no longer takes MQTT."""
+        held = [s for s in self.sessions if s.connector_id == connector_id and s.state == OPEN]
+        devices = {s.device.id: s.device for s in held if s.device is not None}
+        allowed = await self.run_sync(device.still_allowed, connector_id, list(devices.values()))
+        for session in held:
+            if session.device is None and not connectors_take_mqtt(connector_id):
+                session.close("the connector no longer takes MQTT")
+            elif session.device is not None and session.device.id not in allowed:
+                session.close("the device or its connector changed: it may not stay connected")
 
     def attach(self, session: Session) -> None:
         sessions = self.by_device.setdefault(session.device.id, set())
@@ -141,6 +160,11 @@ class Gateway:
                 sessions.discard(session)
                 if not sessions:
                     del self.by_device[session.device.id]
+
+
+def connectors_take_mqtt(connector_id: str) -> bool:
+    entry = connectors.cached(connector_id)
+    return entry is not None and entry.connector.protocol_name == MQTT_PROTOCOL
 
 
 class Session(asyncio.Protocol):
@@ -382,8 +406,7 @@ class Session(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
         if not self.busy:
-            self.busy = True
-            self.gateway.spawn(self._drain())
+            self._next()
 
     def _wait_for_token(self) -> float:
         """The device's PUBLISH rate (MQTT_PUBLISH_RATE per second, bursts of
@@ -402,21 +425,38 @@ class Session(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
-    async def _drain(self) -> None:
+    def _next(self) -> None:
+        """Handle the queued packets in order, one at a time. A PUBLISH whose job the loop
+        can make goes to the store with a callback (`_written`) and PINGREQ is answered at
+        once; anything else, or a PUBLISH the rate holds back, runs in a task (`_slowly`).
+        Either comes back here when done."""
+        self.busy = True
+        while self.queue and self.state != CLOSED:
+            packet = self.queue.popleft()
+            if self.paused and len(self.queue) <= MAX_QUEUED // 4:
+                self._resume()
+            if isinstance(packet, codec.PingReq) and self.state == OPEN:
+                self.send(codec.encode_pingresp())
+                continue
+            delay = 0.0
+            if isinstance(packet, codec.Publish):
+                delay = self._wait_for_token()
+                if not delay and self._publish_in_loop(packet):
+                    return
+            self.gateway.spawn(self._slowly(packet, delay))
+            return
+        self.busy = False
+
+    async def _slowly(self, packet, delay: float) -> None:
         try:
-            while self.queue and self.state != CLOSED:
-                packet = self.queue.popleft()
-                if isinstance(packet, codec.Publish) and (delay := self._wait_for_token()):
-                    await asyncio.sleep(delay)
-                try:
-                    await self.handle(packet)
-                except Exception:
-                    log.exception("MQTT: a packet failed")
-                    self.close("the server failed")
-                if self.paused and len(self.queue) <= MAX_QUEUED // 4:
-                    self._resume()
+            if delay:
+                await asyncio.sleep(delay)
+            await self.handle(packet)
+        except Exception:
+            log.exception("MQTT: a packet failed")
+            self.close("the server failed")
         finally:
-            self.busy = False
+            self._next()
 
     async def handle(self, packet) -> None:
         if isinstance(packet, codec.Connect):
@@ -488,6 +528,48 @@ class Session(asyncio.Protocol):
 
     # --- Uplink ------------------------------------------------------------------------------
 
+    def _publish_in_loop(self, publish: codec.Publish) -> bool:
+        """The common PUBLISH, `$resource/<alias>` with a value the cached definitions take,
+        handed to the store from the loop with no task: True when it was. Anything else
+        (refused, needs a query or a log line) is `on_publish`'s."""
+        topic = publish.topic
+        if self.anonymous or self.state != OPEN or not topic.startswith("$resource/"):
+            return False
+        alias = topic[len("$resource/") :]
+        try:
+            wire.check_alias(alias)
+            value = wire.mqtt_value(alias, publish.payload)
+        except wire.WireError:
+            return False
+        pending = self._write_in_loop([(alias, value)])
+        if pending is None:
+            return False
+        if publish.qos == 1:
+            self.qos1 = True
+        self.writing = True
+        stored = self.gateway.front.store(pending.job)
+        stored.add_done_callback(functools.partial(self._written, publish, pending))
+        return True
+
+    def _written(self, publish: codec.Publish, pending: Pending, stored: asyncio.Future) -> None:
+        self.writing = False
+        answer = self.gateway.front.answered(pending, stored.result())
+        if answer is None:  # not stored: why is a thread's to find out
+            self.gateway.spawn(self._explained(publish, pending))
+            return
+        self._published(publish, pending, answer)
+        self._next()
+
+    async def _explained(self, publish: codec.Publish, pending: Pending) -> None:
+        try:
+            answer = await self.gateway.front.explain(pending)
+            self._published(publish, pending, answer)
+        except Exception:
+            log.exception("MQTT: a packet failed")
+            self.close("the server failed")
+        finally:
+            self._next()
+
     async def on_publish(self, publish: codec.Publish) -> None:
         topic = publish.topic
         if self.anonymous:
@@ -531,8 +613,12 @@ class Session(asyncio.Protocol):
                 answer = await self.gateway.resolve(pending)
             finally:
                 self.writing = False
-            if answer.status < 300:
-                self._stored(pending.job)
+        self._published(publish, pending, answer)
+
+    def _published(self, publish: codec.Publish, pending, answer: Answer) -> None:
+        """After the store answered a PUBLISH: PUBACK, or the session ends."""
+        if isinstance(pending, Pending) and answer.status < 300:
+            self._stored(pending.job)
         if self.state == CLOSED:
             return
         if answer.status in ENDS_SESSION:

@@ -157,6 +157,71 @@ class Received:
     closed: bool = False
 
 
+class _Records:
+    """The record layer's hot calls straight into OpenSSL, through pyOpenSSL's own binding
+    and the handles its `Connection` holds (`_ssl`, `_into_ssl`, `_from_ssl`). pyOpenSSL's
+    wrappers raise an exception for every read that finds nothing more (every packet ends
+    with one, and so does every write's read of the outgoing buffer): that cost more than
+    the rest of a PUBLISH. Here an empty read is a return value. The handshake, the
+    certificates and every error's reason still go through pyOpenSSL."""
+
+    def __init__(self):
+        from OpenSSL import _util
+
+        self.lib, self.ffi = _util.lib, _util.ffi
+        self.error_from_queue = _util.exception_from_error_queue
+        self.local = threading.local()  # a read buffer per thread (the loop's, in use)
+
+    def buffer(self):
+        found = getattr(self.local, "buffer", None)
+        if found is None:
+            found = self.local.buffer = self.ffi.new("char[]", READ_CHUNK)
+        return found
+
+    def decrypt(self, conn: SSL.Connection) -> tuple[bytes, bool]:
+        """Plaintext of every whole record fed so far, and whether the peer closed."""
+        lib, buf = self.lib, self.buffer()
+        plain = []
+        while True:
+            count = lib.SSL_read(conn._ssl, buf, READ_CHUNK)
+            if count > 0:
+                plain.append(self.ffi.buffer(buf, count)[:])
+                continue
+            error = lib.SSL_get_error(conn._ssl, count)
+            if error == lib.SSL_ERROR_WANT_READ:
+                return b"".join(plain), False
+            if error == lib.SSL_ERROR_ZERO_RETURN:
+                return b"".join(plain), True
+            self.fail(error)
+
+    def encrypt(self, conn: SSL.Connection, data: bytes) -> None:
+        if not data:
+            return
+        count = self.lib.SSL_write(conn._ssl, data, len(data))
+        if count <= 0:
+            self.fail(self.lib.SSL_get_error(conn._ssl, count))
+
+    def outgoing(self, conn: SSL.Connection) -> bytes:
+        lib, buf = self.lib, self.buffer()
+        out = []
+        while (count := lib.BIO_read(conn._from_ssl, buf, READ_CHUNK)) > 0:
+            out.append(self.ffi.buffer(buf, count)[:])
+        return b"".join(out)
+
+    def fail(self, error: int):
+        if error == self.lib.SSL_ERROR_SSL:
+            try:
+                self.error_from_queue(SSL.Error)
+            except SSL.Error as exc:
+                raise TLSError(_reason(exc)) from None
+        self.lib.ERR_clear_error()
+        raise TLSError("the connection broke during TLS")
+
+
+READ_CHUNK = 64 * 1024
+_records = _Records()
+
+
 class TLSServerConnection:
     """One server-side TLS connection over memory buffers."""
 
@@ -171,35 +236,21 @@ class TLSServerConnection:
         """Feed bytes read from the socket. Raises TLSError when the session is broken."""
         conn = self.conn
         conn.bio_write(data)
-        plain: list[bytes] = []
-        closed = False
-        try:
-            if not self.handshaken:
-                try:
-                    conn.do_handshake()
-                    self.handshaken = True
-                except SSL.WantReadError:
-                    pass
-            if self.handshaken:
-                while True:
-                    try:
-                        plain.append(conn.recv(65536))
-                    except SSL.WantReadError:
-                        break
-                    except SSL.ZeroReturnError:
-                        closed = True
-                        break
-        except SSL.Error as exc:
-            raise TLSError(_reason(exc)) from None
-        return Received(b"".join(plain), self.pending(), closed)
+        if not self.handshaken:
+            try:
+                conn.do_handshake()
+                self.handshaken = True
+            except SSL.WantReadError:
+                return Received(b"", _records.outgoing(conn), False)
+            except SSL.Error as exc:
+                raise TLSError(_reason(exc)) from None
+        plain, closed = _records.decrypt(conn)
+        return Received(plain, _records.outgoing(conn), closed)
 
     def send(self, data: bytes) -> bytes:
         """The TLS records carrying `data`, to write to the socket."""
-        try:
-            self.conn.sendall(data)
-        except SSL.Error as exc:
-            raise TLSError(_reason(exc)) from None
-        return self.pending()
+        _records.encrypt(self.conn, data)
+        return _records.outgoing(self.conn)
 
     def close(self) -> bytes:
         """A close_notify to send (empty when the session never started)."""
@@ -212,20 +263,16 @@ class TLSServerConnection:
         return self.pending()
 
     def pending(self) -> bytes:
-        out = []
-        while True:
-            try:
-                out.append(self.conn.bio_read(65536))
-            except SSL.WantReadError:
-                break
-        return b"".join(out)
+        return _records.outgoing(self.conn)
 
     def peer_chain_pem(self) -> str:
         """The certificates the client presented (its own first), as PEM; "" when none."""
-        chain = self.conn.get_peer_cert_chain(as_cryptography=True) or []
-        if not chain:
-            cert = self.conn.get_peer_certificate(as_cryptography=True)
-            chain = [cert] if cert is not None else []
+        leaf = self.conn.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            return ""
+        # On a server, OpenSSL's peer chain leaves out the peer's own certificate.
+        rest = self.conn.get_peer_cert_chain(as_cryptography=True) or []
+        chain = [leaf, *(c for c in rest if c != leaf)]
         return "".join(c.public_bytes(Encoding.PEM).decode() for c in chain)
 
 
