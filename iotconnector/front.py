@@ -286,9 +286,11 @@ class Batcher:
     connection) of its own, so one waits for its commit while the next is sent. No timer: a
     job that finds a thread idle starts a batch at once, so batches grow only with the load.
 
-    `execute(jobs)` returns one result per job. Jobs with the same `key` are never in flight
-    together (the later one waits for the next batch after). A batch that raises gives every
-    job `failed`."""
+    `execute(jobs)` returns one result per job. Jobs with the same `key` are never in two
+    batches in flight at once (the later one waits for the batch after), so two batches
+    never race on one row. A batch carries several only of a kind with `shares_batch` (the
+    writes: the store keeps the last one's values), in the order they came. A batch that
+    raises gives every job `failed`."""
 
     def __init__(
         self, execute, limit: int, concurrency: int = 1, initializer=None, failed: object = False
@@ -310,16 +312,19 @@ class Batcher:
         return future
 
     def _start(self) -> None:
-        taken, later = [], collections.deque()
+        taken, later, keys = [], collections.deque(), set()
         while self.pending and len(taken) < self.limit:
             job, future = self.pending.popleft()
-            if job.key in self.keys:
+            if job.key in self.keys or (
+                job.key in keys and not getattr(job, "shares_batch", False)
+            ):  # in a batch still running (or, unless its kind allows, in this one)
                 later.append((job, future))
             else:
-                self.keys.add(job.key)
+                keys.add(job.key)
                 taken.append((job, future))
         later.extend(self.pending)
         self.pending = later
+        self.keys |= keys
         if taken:
             self.running += 1
             run = self.pool.run(self.execute, [job for job, _future in taken])

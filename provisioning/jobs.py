@@ -48,10 +48,13 @@ class WriteJob:
 
     max_batch: ClassVar[int] = MAX_BATCH
     kind: ClassVar[str] = "write"
+    # A device's writes may share a batch (a device pipelining PUBLISHes): the store
+    # keeps the last one's values and logs each.
+    shares_batch: ClassVar[bool] = True
 
     @property
     def key(self) -> object:
-        """Writes of one device go in separate batches (an upsert touches a row once)."""
+        """Writes of one device never go in two batches in flight at once."""
         return self.hashes[0] if self.hashes else self.device_id
 
 

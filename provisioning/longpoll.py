@@ -231,8 +231,13 @@ def announce_connector(connector_id: str) -> None:
 def announce_local(device_pk: int, aliases: list[str]) -> None:
     """SQLite (PostgreSQL statements send their own `pg_notify`): after the commit, wake this
     process's polls and tell the other server processes."""
-    if aliases and connection.vendor != "postgresql":
-        keys = [(device_pk, alias) for alias in aliases]
+    announce_keys_local([(device_pk, alias) for alias in aliases])
+
+
+def announce_keys_local(keys: list[Key]) -> None:
+    """`announce_local` of many devices' aliases at once (a batch of writes: one hand-over
+    to the loop and one datagram per process, not one per write)."""
+    if keys and connection.vendor != "postgresql":
         transaction.on_commit(lambda: _wake_everywhere(keys))
 
 

@@ -99,6 +99,8 @@ _OUTBOX_INSERT = f"INSERT INTO {OutboxEvent._meta.db_table} ({', '.join(outbox.B
 def _write_sql() -> str:
     """The jobs, their token hashes and their values come as three JSON arrays of arrays,
     joined by job number `n`; a job names its device by token hashes or by `device_id`.
+    Several jobs may be one device's (`WriteJob.shares_batch`): each is logged, the last
+    one's values and last seen are kept (an upsert may touch a row only once).
     LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
     plan of the prepared statement."""
     device, conn, activity, value, event = tables(
@@ -132,14 +134,16 @@ def _write_sql() -> str:
         f" LEFT JOIN {activity} a ON a.device_id = found.id ORDER BY job.n), "
         f"ok AS (SELECT * FROM dev WHERE {allowed} AND dev.resources_version = dev.version), "
         f'stored AS (INSERT INTO {value} (device_id, alias, reported, "set", timestamp)'
-        " SELECT ok.id, val.alias, val.reported, val.set_value, ok.now FROM ok"
-        " JOIN val ON val.n = ok.n"
+        " SELECT DISTINCT ON (ok.id, val.alias) ok.id, val.alias, val.reported,"
+        " val.set_value, ok.now FROM ok JOIN val ON val.n = ok.n"
+        " ORDER BY ok.id, val.alias, ok.n::int DESC"  # a device's writes: the last one's
         " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
         f' "set" = COALESCE(excluded."set", {value}."set"), timestamp = excluded.timestamp'
         " RETURNING device_id, alias), "
         f"notified AS ({longpoll.NOTIFY_STORED}), "
         f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
-        f" SELECT ok.id, ok.ip, ok.now FROM ok WHERE {due}"
+        f" SELECT DISTINCT ON (ok.id) ok.id, ok.ip, ok.now FROM ok WHERE {due}"
+        " ORDER BY ok.id, ok.n::int DESC"
         " ON CONFLICT (device_id) DO UPDATE SET last_ip = excluded.last_ip,"
         " last_seen = excluded.last_seen), "
         f"logged AS (INSERT INTO {event} ({_event_columns()})"

@@ -51,8 +51,9 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
         insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
         insert_rows(Event, events.COLUMNS, logged)
         outbox.add(sent, checked=True)
-        for device_id, aliases in stored:
-            longpoll.announce_local(device_id, aliases)
+        longpoll.announce_keys_local(
+            [(device_id, alias) for device_id, aliases in stored for alias in aliases]
+        )
     return results
 
 

@@ -26,8 +26,19 @@ MAX_DATAGRAM = 60_000
 SEND_TIMEOUT_S = 0.1  # a receiver whose queue is full: wait this long, then drop the hint
 
 
-def encode(keys: list[Key]) -> bytes:
-    return "\n".join(f"{pk}:{alias}" for pk, alias in keys).encode()[:MAX_DATAGRAM]
+def encode(keys: list[Key]) -> list[bytes]:
+    """The keys as datagrams of whole lines, each at most MAX_DATAGRAM bytes."""
+    datagrams, lines, size = [], [], 0
+    for pk, alias in keys:
+        line = f"{pk}:{alias}".encode()[:MAX_DATAGRAM]
+        if lines and size + len(line) + 1 > MAX_DATAGRAM:
+            datagrams.append(b"\n".join(lines))
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line) + 1
+    if lines:
+        datagrams.append(b"\n".join(lines))
+    return datagrams
 
 
 def decode(data: bytes) -> list[Key]:
@@ -93,13 +104,14 @@ class WakeBus:
         """Tell every other listening process (any thread, after the commit)."""
         if not keys:
             return
-        payload = encode(keys)
+        datagrams = encode(keys)
         own = os.getpid()
         for pid in self._listeners():
             if pid == own:
                 continue
             try:
-                self._sender().sendto(payload, self.address(pid))
+                for datagram in datagrams:
+                    self._sender().sendto(datagram, self.address(pid))
             except ConnectionRefusedError:  # that process is gone: forget it
                 (self.dir / str(pid)).unlink(missing_ok=True)
             except OSError as exc:  # timeout or full queue: a lost hint

@@ -515,7 +515,7 @@ def test_sqlite_a_write_on_one_server_process_wakes_a_poll_on_another(sqlite_pro
 
 
 def test_wake_bus_forgets_a_process_that_died_and_ignores_junk(tmp_path):
-    from provisioning.wakebus import WakeBus, decode, encode
+    from provisioning.wakebus import MAX_DATAGRAM, WakeBus, decode, encode
 
     bus = WakeBus(tmp_path)
     (tmp_path / "wake").mkdir()
@@ -525,5 +525,10 @@ def test_wake_bus_forgets_a_process_that_died_and_ignores_junk(tmp_path):
     finally:
         bus.close()
     assert not (tmp_path / "wake" / "999999999").exists()
-    assert decode(encode([(7, "a:b"), (8, "ü")])) == [(7, "a:b"), (8, "ü")]
+    assert [decode(d) for d in encode([(7, "a:b"), (8, "ü")])] == [[(7, "a:b"), (8, "ü")]]
+    # Many keys: several datagrams of whole lines, none lost.
+    many = [(n, f"alias-{n:05d}") for n in range(20_000)]
+    datagrams = encode(many)
+    assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM for d in datagrams)
+    assert [key for d in datagrams for key in decode(d)] == many
     assert decode(b"x:1\n:a\n12\n\xff\xfe:z\n5:") == []

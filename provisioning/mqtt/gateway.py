@@ -38,6 +38,8 @@ MAX_QUEUED = 32  # packets read ahead of the one in progress; reading pauses bey
 MAX_WRITE_BUFFER = 4 * 1024 * 1024  # a client that does not read its downlink is closed
 # Answers after which the session cannot go on: the device is gone, locked or refused.
 ENDS_SESSION = {401, 403, 404}
+MAX_IN_FLIGHT = 64  # a session's PUBLISHes in the store at once (pipelined by the device)
+SERVER_FAILED = Answer(500)
 
 
 class Gateway:
@@ -162,6 +164,16 @@ class Gateway:
                     del self.by_device[session.device.id]
 
 
+class InFlight:
+    """A PUBLISH handed to the store, and the store's answer once it came."""
+
+    __slots__ = ("publish", "pending", "answer")
+
+    def __init__(self, publish: codec.Publish, pending: Pending):
+        self.publish, self.pending = publish, pending
+        self.answer: Answer | None = None
+
+
 def connectors_take_mqtt(connector_id: str) -> bool:
     entry = connectors.cached(connector_id)
     return entry is not None and entry.connector.protocol_name == MQTT_PROTOCOL
@@ -193,6 +205,8 @@ class Session(asyncio.Protocol):
         "sent",
         "since",
         "writing",
+        "in_flight",
+        "after",
         "dirty",
         "downlink_busy",
         "next_id",
@@ -223,6 +237,8 @@ class Session(asyncio.Protocol):
         self.sent: dict[str, int] = {}
         self.since = 0
         self.writing = False
+        self.in_flight: collections.deque[InFlight] = collections.deque()
+        self.after: tuple | None = None  # a packet waiting for those in flight
         self.dirty: set[str] = set()
         self.downlink_busy = False
         self.next_id = 0
@@ -426,26 +442,35 @@ class Session(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _next(self) -> None:
-        """Handle the queued packets in order, one at a time. A PUBLISH whose job the loop
-        can make goes to the store with a callback (`_written`) and PINGREQ is answered at
-        once; anything else, or a PUBLISH the rate holds back, runs in a task (`_slowly`).
-        Either comes back here when done."""
-        self.busy = True
-        while self.queue and self.state != CLOSED:
+        """Handle the queued packets in order. A PUBLISH whose job the loop can make goes to
+        the store at once, while those before it are still being committed (`in_flight`,
+        up to MAX_IN_FLIGHT: a device's pipelined PUBLISHes share a batch); PINGREQ is
+        answered at once when nothing is in flight. Anything else, or a PUBLISH the rate
+        holds back, waits until nothing is in flight and runs in a task (`_slowly`), which
+        comes back here when done."""
+        while self.queue and self.state != CLOSED and not self.busy:
+            if len(self.in_flight) >= MAX_IN_FLIGHT:
+                return  # `_flush` comes back
             packet = self.queue.popleft()
             if self.paused and len(self.queue) <= MAX_QUEUED // 4:
                 self._resume()
-            if isinstance(packet, codec.PingReq) and self.state == OPEN:
-                self.send(codec.encode_pingresp())
-                continue
             delay = 0.0
             if isinstance(packet, codec.Publish):
                 delay = self._wait_for_token()
                 if not delay and self._publish_in_loop(packet):
-                    return
-            self.gateway.spawn(self._slowly(packet, delay))
-            return
-        self.busy = False
+                    continue
+            elif isinstance(packet, codec.PingReq) and self.state == OPEN and not self.in_flight:
+                self.send(codec.encode_pingresp())
+                continue
+            self.busy = True
+            self.after = (packet, delay)
+            if not self.in_flight:
+                self._run_after()
+
+    def _run_after(self) -> None:
+        packet, delay = self.after
+        self.after = None
+        self.gateway.spawn(self._slowly(packet, delay))
 
     async def _slowly(self, packet, delay: float) -> None:
         try:
@@ -456,6 +481,7 @@ class Session(asyncio.Protocol):
             log.exception("MQTT: a packet failed")
             self.close("the server failed")
         finally:
+            self.busy = False
             self._next()
 
     async def handle(self, packet) -> None:
@@ -546,29 +572,52 @@ class Session(asyncio.Protocol):
             return False
         if publish.qos == 1:
             self.qos1 = True
-        self.writing = True
+        entry = InFlight(publish, pending)
+        self.in_flight.append(entry)
         stored = self.gateway.front.store(pending.job)
-        stored.add_done_callback(functools.partial(self._written, publish, pending))
+        stored.add_done_callback(functools.partial(self._written, entry))
         return True
 
-    def _written(self, publish: codec.Publish, pending: Pending, stored: asyncio.Future) -> None:
-        self.writing = False
-        answer = self.gateway.front.answered(pending, stored.result())
-        if answer is None:  # not stored: why is a thread's to find out
-            self.gateway.spawn(self._explained(publish, pending))
-            return
-        self._published(publish, pending, answer)
-        self._next()
+    def _written(self, entry: InFlight, stored: asyncio.Future) -> None:
+        entry.answer = self.gateway.front.answered(entry.pending, stored.result())
+        if entry.answer is None:  # not stored: why is a thread's to find out
+            self.gateway.spawn(self._explained(entry))
+        elif entry is self.in_flight[0]:
+            self._flush()
 
-    async def _explained(self, publish: codec.Publish, pending: Pending) -> None:
+    async def _explained(self, entry: InFlight) -> None:
         try:
-            answer = await self.gateway.front.explain(pending)
-            self._published(publish, pending, answer)
+            entry.answer = await self.gateway.front.explain(entry.pending)
         except Exception:
             log.exception("MQTT: a packet failed")
-            self.close("the server failed")
-        finally:
-            self._next()
+            entry.answer = SERVER_FAILED
+        self._flush()
+
+    def _flush(self) -> None:
+        """Acknowledge, in order, the PUBLISHes in flight whose commit is done (one TLS
+        record for them all), then go on with the queue."""
+        acks = []
+        while self.in_flight and self.in_flight[0].answer is not None:
+            entry = self.in_flight.popleft()
+            if self.state == CLOSED:
+                continue
+            if entry.answer is SERVER_FAILED:
+                self.close("the server failed")
+                continue
+            ack = self._published(entry.publish, entry.pending, entry.answer)
+            if ack:
+                acks.append(ack)
+        if acks:
+            self.send(b"".join(acks))
+        if self.state == CLOSED:
+            return
+        if not self.in_flight:
+            if self.dirty:
+                self.check_downlink()
+            if self.after is not None:
+                self._run_after()
+                return
+        self._next()
 
     async def on_publish(self, publish: codec.Publish) -> None:
         topic = publish.topic
@@ -613,20 +662,23 @@ class Session(asyncio.Protocol):
                 answer = await self.gateway.resolve(pending)
             finally:
                 self.writing = False
-        self._published(publish, pending, answer)
+        if ack := self._published(publish, pending, answer):
+            self.send(ack)
+        if self.dirty:
+            self.check_downlink()
 
-    def _published(self, publish: codec.Publish, pending, answer: Answer) -> None:
-        """After the store answered a PUBLISH: PUBACK, or the session ends."""
+    def _published(self, publish: codec.Publish, pending, answer: Answer) -> bytes:
+        """After the store answered a PUBLISH: its PUBACK to send (b"" at QoS 0), or the
+        session ends (b"")."""
         if isinstance(pending, Pending) and answer.status < 300:
             self._stored(pending.job)
         if self.state == CLOSED:
-            return
+            return b""
         if answer.status in ENDS_SESSION:
             self.close(f"the device may not write: {answer.content[:100]!r}")
-            return
-        self.ack(publish)  # also for a refused value: 3.1.1 has no negative acknowledgement
-        if self.dirty:
-            self.check_downlink()
+            return b""
+        # Also for a refused value: 3.1.1 has no negative acknowledgement.
+        return codec.encode_puback(publish.packet_id) if publish.qos == 1 else b""
 
     def _write_in_loop(self, pairs) -> Pending | None:
         """The write's job made in the loop when the connector's definitions are cached and
@@ -692,7 +744,7 @@ class Session(asyncio.Protocol):
         if definition is None or not definition.get("settable"):
             return  # only set values go down
         self.dirty.add(alias)
-        if not self.writing:
+        if not self.writing and not self.in_flight:
             self.check_downlink()
 
     def check_downlink(self) -> None:
