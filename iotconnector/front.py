@@ -210,6 +210,7 @@ class Front:
                 # 0.1-0.9 s (scripts/bench_long_poll.py).
                 gc.collect()
                 gc.freeze()
+                gc.set_threshold(*GC_THRESHOLDS)
                 self.loop = asyncio.get_running_loop()
                 from connector import relay  # the outbox relay of this process (EVENTS_RELAY)
 
@@ -235,6 +236,14 @@ class Front:
                 return
 
 
+# The collector's thresholds in a server process. Python's default (700, 10, 10) runs a
+# young collection every 700 net allocations and a full one every hundred: under load the
+# loop spent 17 % of its time collecting (MQTT PUBLISHes, scripts/bench_mqtt.py), walking
+# the same live sessions and jobs again and again. Requests and PUBLISHes make little cyclic
+# garbage; what they make waits a little longer.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
 class Pool:
     """Threads that run Django. Leaner than `run_in_executor` on the hot path: one C queue
     put to hand a call over, one `call_soon_threadsafe` to hand the result back (the executor
@@ -249,8 +258,10 @@ class Pool:
         for thread in self.threads:
             thread.start()
 
-    def run(self, function, *args) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
+    def run(self, function, *args, loop: asyncio.AbstractEventLoop | None = None):
+        """`function(*args)` on a thread; an asyncio future of the loop (the running one
+        unless given) resolves to its result."""
+        loop = loop or asyncio.get_running_loop()
         future = loop.create_future()
         self.calls.put((loop, future, function, args))
         return future
@@ -303,9 +314,14 @@ class Batcher:
         self.pending: collections.deque = collections.deque()
         self.running = 0
         self.keys: set = set()  # of the jobs in flight
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, job) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+        # The loop, once: on Python 3.11 each asyncio.get_running_loop() is a getpid() call.
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            loop = self.loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.pending.append((job, future))
         if self.running < self.concurrency:
             self._start()
@@ -327,7 +343,7 @@ class Batcher:
         self.keys |= keys
         if taken:
             self.running += 1
-            run = self.pool.run(self.execute, [job for job, _future in taken])
+            run = self.pool.run(self.execute, [job for job, _f in taken], loop=self.loop)
             run.add_done_callback(lambda done: self._finish(taken, done))
 
     def _finish(self, taken: list, done: asyncio.Future) -> None:
