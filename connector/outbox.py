@@ -51,7 +51,7 @@ class OutboxRow(NamedTuple):
 
 
 COLUMNS = list(OutboxRow._fields)
-# What the store's batch statements insert: their rows leave `connection_id` to its default.
+# What the store's claim statement inserts: its rows leave `connection_id` to its default.
 BATCH_COLUMNS = COLUMNS[:-1]
 
 

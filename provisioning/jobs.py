@@ -45,6 +45,7 @@ class WriteJob:
     hashes: tuple[str, ...] = ()  # the token's hash under every configured pepper
     device_id: int | None = None
     protocol: str = "http"  # the entry it came through: "http" or "mqtt" (events)
+    connection_id: str = ""  # the MQTT session's (device events)
 
     max_batch: ClassVar[int] = MAX_BATCH
     kind: ClassVar[str] = "write"
@@ -104,6 +105,7 @@ class RecordJob:
     last_seen: int | None
     event: EventRow
     protocol: str = "http"
+    connection_id: str = ""  # the MQTT session's (device events)
 
     max_batch: ClassVar[int] = MAX_BATCH
     kind: ClassVar[str] = "record"

@@ -148,6 +148,7 @@ def device_write(
     *,
     secure: bool,
     protocol: str = "http",
+    connection_id: str = "",
 ) -> Pending | Answer:
     """An authenticated device's write, or the 400 its definitions give it (logged)."""
     entry = definitions(device, ip)
@@ -165,6 +166,7 @@ def device_write(
         device_id=device.id,
         identity=device.identity,
         protocol=protocol,
+        connection_id=connection_id,
     )
     return Pending(job, EMPTY)
 
@@ -181,7 +183,11 @@ def definitions(device: DeviceRow, ip: str) -> CachedConnector:
 
 
 def record(
-    device: DeviceRow, points: dict[str, list[tuple[int, str]]], ip: str, protocol: str = "http"
+    device: DeviceRow,
+    points: dict[str, list[tuple[int, str]]],
+    ip: str,
+    protocol: str = "http",
+    connection_id: str = "",
 ) -> Pending | Answer:
     """Historical points (timestamps in µs) of defined aliases (others are logged, not
     stored), each value checked against its definition (a refusal is logged); any
@@ -222,6 +228,7 @@ def record(
         last_seen=device.last_seen,
         event=event,
         protocol=protocol,
+        connection_id=connection_id,
     )
     return Pending(job, EMPTY)
 

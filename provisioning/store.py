@@ -118,6 +118,7 @@ def _recorded(job: RecordJob) -> outbox.OutboxRow:
         job.now,
         payload,
         job.protocol,
+        job.connection_id,
     )
 
 

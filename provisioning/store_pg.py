@@ -32,7 +32,7 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
             [
                 [n, j.connector_id, j.now, j.ip, j.secure, j.resources_version, j.device_id]
                 + [j.event.summary, j.event.payload, outbox.values_payload(j.now, j.pairs)]
-                + [j.protocol]
+                + [j.protocol, j.connection_id]
                 for n, j in enumerate(jobs)
             ]
         ),
@@ -93,6 +93,7 @@ def _event_columns() -> str:
 
 # The outbox rows a batch adds in its own statement (connector.outbox: the same columns).
 _OUTBOX_INSERT = f"INSERT INTO {OutboxEvent._meta.db_table} ({', '.join(outbox.BATCH_COLUMNS)})"
+_OUTBOX_WRITE = f"INSERT INTO {OutboxEvent._meta.db_table} ({', '.join(outbox.COLUMNS)})"
 
 
 @lru_cache(maxsize=1)
@@ -107,7 +108,7 @@ def _write_sql() -> str:
         Device, Connector, DeviceActivity, AliasValue, Event
     )
     job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
-    job += ["device_id::bigint", "summary", "payload", "outbox", "protocol"]
+    job += ["device_id::bigint", "summary", "payload", "outbox", "protocol", "connection"]
     allowed = rules.sql_device_allowed(
         locked="dev.locked", devmode="dev.devmode", secure="dev.secure"
     )
@@ -149,8 +150,8 @@ def _write_sql() -> str:
         f"logged AS (INSERT INTO {event} ({_event_columns()})"
         " SELECT ok.connector_id, ok.now, %s, ok.identity, ok.ip, NULL, '', ok.summary,"
         " ok.payload::jsonb FROM ok), "
-        f"outboxed AS ({_OUTBOX_INSERT} SELECT ok.connector_id, ok.id %% %s, 'data_in',"
-        " ok.identity, host(ok.ip), ok.protocol, ok.now, ok.outbox FROM ok"
+        f"outboxed AS ({_OUTBOX_WRITE} SELECT ok.connector_id, ok.id %% %s, 'data_in',"
+        " ok.identity, host(ok.ip), ok.protocol, ok.now, ok.outbox, ok.connection FROM ok"
         " WHERE ok.events_enabled) "
         "SELECT ok.n FROM ok, (SELECT count(*) FROM notified) AS notes"
     )

@@ -60,7 +60,15 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
 def _data_in(job: WriteJob, device_id: int, identity: str) -> outbox.OutboxRow:
     payload = outbox.values_payload(job.now, job.pairs)
     return outbox.row(
-        job.connector_id, "data_in", device_id, identity, job.ip, job.now, payload, job.protocol
+        job.connector_id,
+        "data_in",
+        device_id,
+        identity,
+        job.ip,
+        job.now,
+        payload,
+        job.protocol,
+        job.connection_id,
     )
 
 

@@ -241,13 +241,17 @@ def provision(connector_id: str, identity: str, payload: bytes, ip: str) -> Pend
 
 
 @_fresh
-def record(device: DeviceRow, points: dict, ip: str) -> Pending | Answer:
-    return services.record(device, points, ip, PROTOCOL)
+def record(device: DeviceRow, points: dict, ip: str, connection: str) -> Pending | Answer:
+    return services.record(device, points, ip, PROTOCOL, connection)
 
 
 @_fresh
-def write(device: DeviceRow, pairs: list[tuple[str, str]], ip: str) -> Pending | Answer:
-    return services.device_write(device, pairs, ip, secure=True, protocol=PROTOCOL)
+def write(
+    device: DeviceRow, pairs: list[tuple[str, str]], ip: str, connection: str
+) -> Pending | Answer:
+    return services.device_write(
+        device, pairs, ip, secure=True, protocol=PROTOCOL, connection_id=connection
+    )
 
 
 @_fresh

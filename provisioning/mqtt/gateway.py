@@ -640,7 +640,7 @@ class Session(asyncio.Protocol):
             pending = self._write_in_loop([(alias, value)])
             if pending is None:
                 pending = await self.gateway.run_sync(
-                    device.write, self.device, [(alias, value)], self.ip
+                    device.write, self.device, [(alias, value)], self.ip, self.connection
                 )
         elif topic == "$resource.batch":
             try:
@@ -651,7 +651,9 @@ class Session(asyncio.Protocol):
                 )
                 self.ack(publish)
                 return
-            pending = await self.gateway.run_sync(device.record, self.device, points, self.ip)
+            pending = await self.gateway.run_sync(
+                device.record, self.device, points, self.ip, self.connection
+            )
         else:
             self.refuse(f"topic {topic[:80]!r} is not $resource/<alias> or $resource.batch")
             return
@@ -693,7 +695,12 @@ class Session(asyncio.Protocol):
         except wire.WireError:
             return None
         found = services.device_write(
-            self.device, pairs, self.ip, secure=True, protocol=device.PROTOCOL
+            self.device,
+            pairs,
+            self.ip,
+            secure=True,
+            protocol=device.PROTOCOL,
+            connection_id=self.connection,
         )
         return found if isinstance(found, Pending) else None
 
