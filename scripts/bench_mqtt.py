@@ -7,8 +7,8 @@ For SQLite and PostgreSQL in turn: a fresh database with provisioned token devic
 documented production server (gunicorn iotconnector.asgi -c deploy/gunicorn.conf.py) with
 MQTT over TLS on the local CA's certificate, then, from one asyncio client process:
 
-  http      token writes (POST /onep:v1/stack/alias) over keep-alive connections, the
-            reference measured in the same run
+  http      token writes (POST /onep:v1/stack/alias) from the same --devices, each on its
+            own keep-alive connection waiting for its answer: the reference of the run
   publish   QoS 1 PUBLISH $resource/temp from --devices connected devices, each waiting
             for its PUBACK (sent after the commit) before the next: PUBACKs/s, ratio to http
   storm     --storm devices connecting at once (TLS handshake + CONNECT): sessions/s,
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import ssl
 import statistics
@@ -138,16 +139,22 @@ class Client(asyncio.Protocol):
             await self.acked
 
 
+FAILED: collections.Counter = collections.Counter()  # why sessions did not open, per phase
+
+
 async def open_session(host, port, context, token) -> Client | None:
     loop = asyncio.get_running_loop()
     try:
         _t, client = await loop.create_connection(
             Client, "127.0.0.1", port, ssl=context, server_hostname=host
         )
-    except (OSError, ssl.SSLError):
+    except (OSError, ssl.SSLError) as exc:
+        FAILED[f"{type(exc).__name__}: {exc}"[:80]] += 1
         return None
     client.transport.write(connect_packet(token))
     code = await client.connack
+    if code != 0:
+        FAILED["closed before CONNACK" if code == -1 else f"CONNACK {code}"] += 1
     return client if code == 0 else None
 
 
@@ -290,8 +297,9 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> dict:
         process = server(1)
         try:
             worker = [p for p in _children(process.pid)][0]
+            connections = args.http_connections or args.devices  # as MQTT: one per device
             results["http"] = await http_writes(
-                args.port, host, tokens[: args.devices], args.seconds, args.http_connections
+                args.port, host, tokens[: args.devices], args.seconds, connections
             )
             clients, took = await connect_many(
                 host, args.mqtt_port, context, tokens[: args.devices], 200
@@ -304,22 +312,26 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> dict:
                 c.transport.close()
             await asyncio.sleep(2)
             # Connect storm: all at once.
+            FAILED.clear()
             clients, took = await connect_many(
                 host, args.mqtt_port, context, tokens[: args.storm], args.storm
             )
             ok = [c for c in clients if c]
-            results["storm"] = (len(ok) / took, args.storm - len(ok))
+            results["storm"] = (len(ok) / took, args.storm - len(ok), dict(FAILED))
+            FAILED.clear()
             for c in ok:
                 c.transport.close()
             await asyncio.sleep(3)
             before = rss_kb(worker)
+            FAILED.clear()
             clients, took = await connect_many(
                 host, args.mqtt_port, context, tokens[: args.idle], 500
             )
             held = [c for c in clients if c]
             await asyncio.sleep(3)
             after = rss_kb(worker)
-            results["idle"] = (len(held), (after - before) / max(1, len(held)), after)
+            per = (after - before) / max(1, len(held))
+            results["idle"] = (len(held), per, after, dict(FAILED))
             for c in held:
                 c.transport.close()
         finally:
@@ -374,11 +386,13 @@ def report(name: str, r: dict) -> None:
     if "window" in r:
         w = r["window"]
         print(f"  … {r['window_size']} in flight  {w:8.0f}/s   {w / r['http']:.2f}x http")
-    rate, refused = r["storm"]
-    print(f"  connect storm         {rate:8.0f} sessions/s, {refused} refused")
-    held, per, total_kb = r["idle"]
+    rate, refused, why = r["storm"]
+    print(f"  connect storm         {rate:8.0f} sessions/s, {refused} did not open {why or ''}")
+    held, per, total_kb, why = r["idle"]
     worker_mb = total_kb / 1024
     print(f"  idle sessions         {held} held, {per:.1f} KB RSS each (worker {worker_mb:.0f} MB)")
+    if why:
+        print(f"                        did not open: {why}")
     if "downlink" in r:
         lat = r["downlink"]
         p50, p99 = statistics.median(lat), pct(lat, 0.99)
@@ -393,7 +407,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1_000)
     parser.add_argument("--storm", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--http-connections", type=int, default=64)
+    parser.add_argument(
+        "--http-connections", type=int, help="keep-alive connections (default: one per device)"
+    )
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument(
         "--window", type=int, default=10, help="QoS 1 PUBLISHes in flight per device, 2nd run"
