@@ -550,6 +550,7 @@ def test_a_write_taken_in_the_loop_looks_like_one_answered_on_a_thread(
     assert thread_runs == ["/provision/activate", "/onep:v1/stack/alias"]
     assert (on_thread.status_code, in_loop.status_code) == (204, 204)
     assert in_loop.content == on_thread.content == b""
+
     def headers(response) -> dict:  # but the Date, which may have ticked on in between
         return {k: v for k, v in response.headers.items() if k.lower() != "date"}
 
