@@ -667,19 +667,25 @@ def mqtt_on(connector, tls_dir) -> None:
     time.sleep(1.1)  # the servers look at the certificate files once a second
 
 
+def provision_on(server, connector, identity: str, tls_dir) -> str:
+    """Whitelist the identity and provision it for a token over MQTT on this server process."""
+    device_services.whitelist_device(connector, identity)
+    anonymous = Device_(connector, ProcessGateway(server), tls_dir)
+    assert anonymous.connect() == codec.ACCEPTED
+    anonymous.publish(f"$provision/{identity}", b"")
+    token = anonymous.message()[1].decode()
+    anonymous.client.disconnect()
+    anonymous.client.loop_stop()
+    return token
+
+
 def test_a_device_reconnects_after_the_server_restarts(two_mqtt_processes, tls_dir):
     server = two_mqtt_processes[0]
     user = User.objects.create_user("maker@example.com", PASSWORD)
     connector = create_connector(user, "Restarts")
     define(connector, "temp")
     mqtt_on(connector, tls_dir)
-    device_services.whitelist_device(connector, "dev-r")
-    anonymous = Device_(connector, ProcessGateway(server), tls_dir)
-    assert anonymous.connect() == codec.ACCEPTED
-    anonymous.publish("$provision/dev-r", b"")
-    token = anonymous.message()[1].decode()
-    anonymous.client.disconnect()
-    anonymous.client.loop_stop()
+    token = provision_on(server, connector, "dev-r", tls_dir)
 
     device = Device_(connector, ProcessGateway(server), tls_dir)
     device.client.reconnect_delay_set(1, 1)  # paho reconnects on its own, as firmware does
@@ -707,14 +713,7 @@ def test_cloud_set_reaches_a_session_on_another_process_and_sigterm_closes_clean
     connector = create_connector(user, "Two processes")
     define(connector, setpoint={"settable": True})
     mqtt_on(connector, tls_dir)
-    device_services.whitelist_device(connector, "dev-1")
-
-    anonymous = Device_(connector, ProcessGateway(first), tls_dir)
-    assert anonymous.connect() == codec.ACCEPTED
-    anonymous.publish("$provision/dev-1", b"")
-    token = anonymous.message()[1].decode()
-    anonymous.client.disconnect()
-    anonymous.client.loop_stop()
+    token = provision_on(first, connector, "dev-1", tls_dir)
 
     device = Device_(connector, ProcessGateway(first), tls_dir)
     assert device.connect("", token) == codec.ACCEPTED
