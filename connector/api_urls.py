@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from connector import api, subscriptions_api
+from connector import api, content_api, subscriptions_api
 from devices import api as devices_api
 
 urlpatterns = [
@@ -65,5 +65,26 @@ urlpatterns = [
         subscriptions_api.SubscriptionRedeliverView.as_view(),
         name="api-subscription-redeliver",
     ),
+    path(
+        "service/<str:connector_id>/content/item",
+        content_api.ItemListView.as_view(),
+        name="api-content-list",
+    ),
+    path(
+        "service/<str:connector_id>/content/item/<str:name>",
+        content_api.ItemView.as_view(),
+        name="api-content-item",
+    ),
+    path(
+        "service/<str:connector_id>/content/item/<str:name>/upload",
+        content_api.ItemUploadView.as_view(),
+        name="api-content-upload",
+    ),
+    path(
+        "service/<str:connector_id>/content/item/<str:name>/download",
+        content_api.ItemDownloadView.as_view(),
+        name="api-content-download",
+    ),
+    path("content-upload/<str:ticket>", content_api.receive_upload, name="content-upload"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -274,6 +274,9 @@ class EventType(models.TextChoices):
     CONNECTOR_RENAMED = "connector_renamed", "Connector renamed"
     CONNECT = "connect", "Connected"
     DISCONNECT = "disconnect", "Disconnected"
+    CONTENT_IN = "content_in", "Download"
+    CONTENT_UPLOADED = "content_uploaded", "Content uploaded"
+    CONTENT_DELETED = "content_deleted", "Content deleted"
 
 
 class Event(models.Model):
@@ -435,3 +438,64 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subscription_id}: {self.event_id}"
+
+
+class ContentItem(models.Model):
+    """A file in a connector's content area (SPEC.md section 9), e.g. a firmware image.
+    `blob` names its bytes in the content storage: each upload gets a new one, so replacing
+    an item swaps the row's pointer in one transaction and a download under way keeps
+    reading the bytes it opened."""
+
+    connector = models.ForeignKey(
+        Connector, on_delete=models.CASCADE, related_name="content_items", db_index=False
+    )
+    name = models.CharField(max_length=128)
+    content_type = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    description = models.CharField(max_length=1000, blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
+    blob = models.CharField(max_length=300)
+    updated_at = models.DateTimeField(default=timezone.now)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    uploaded_by_email = models.CharField(max_length=254, blank=True, default="")
+    downloads = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connector", "name"], name="unique_content_name")
+        ]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.connector_id}/{self.name}"
+
+
+class ContentUpload(models.Model):
+    """An upload handed out as a signed descriptor and not yet finished: what the bytes must
+    be (type, sha256, at most `max_size`), by when, and by whom. Used once."""
+
+    id = models.CharField(primary_key=True, max_length=32)
+    connector = models.ForeignKey(
+        Connector, on_delete=models.CASCADE, related_name="content_uploads"
+    )
+    name = models.CharField(max_length=128)
+    content_type = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64, blank=True, default="")  # empty: computed
+    description = models.CharField(max_length=1000, blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
+    max_size = models.BigIntegerField()
+    blob = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], name="content_upload_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.connector_id}/{self.name} ({self.id})"

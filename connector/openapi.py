@@ -407,6 +407,35 @@ COMPONENTS: dict[str, Schema] = {
             "oldest": {**nullable(MICROSECONDS), "description": "the oldest event still held"},
         }
     ),
+    "ContentItem": obj(
+        {
+            "id": {**STRING, "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+            "type": STRING,
+            "length": INTEGER,
+            "last_modified": {**STRING, "format": "date-time"},
+            "description": STRING,
+            "tags": {"type": "object", "additionalProperties": STRING},
+            "sha256": STRING,
+        }
+    ),
+    "ContentList": {
+        "type": "array",
+        "items": {"anyOf": [STRING, ref("ContentItem")]},
+        "description": "names; with full=true, the item objects",
+    },
+    "UploadDescriptor": obj(
+        {
+            "method": {"type": "string", "enum": ["POST"]},
+            "enctype": {"type": "string", "enum": ["multipart/form-data"]},
+            "url": STRING,
+            "inputs": {"type": "object", "additionalProperties": STRING},
+            "field": STRING,
+            "expires_at": {**STRING, "format": "date-time"},
+            "max_size": INTEGER,
+        },
+        description="POST `inputs` and the file (in `field`) to `url` before `expires_at`",
+    ),
+    "DownloadLink": obj({"method": {"type": "string", "enum": ["GET"]}, "url": STRING}),
     "FieldErrors": {
         "type": "object",
         "additionalProperties": STRING,

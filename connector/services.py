@@ -91,9 +91,13 @@ def rename_connector(connector: Connector, user: User, name: str) -> None:
 
 
 def delete_connector(connector: Connector, user: User) -> None:
-    """Delete the connector with its devices, CAs and events (cascade)."""
+    """Delete the connector with its devices, CAs, events and content (cascade; the
+    content's files once that commits)."""
+    from connector import content
+
     with transaction.atomic():
         pk = connector.pk
+        content.forget_connector(pk)
         connector.delete()
         longpoll.announce_connector(pk)  # its MQTT sessions end
 

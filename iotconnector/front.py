@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import gc
 import logging
 import os
@@ -27,7 +28,7 @@ import threading
 from typing import Any
 
 from provisioning import longpoll
-from provisioning.answers import Answer, Pending, Wait
+from provisioning.answers import Answer, Pending, Stream, Wait
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 # import plus room for its multipart framing; the device API limits its own to 1 MiB.
 SPOOL_IN_MEMORY = 1024 * 1024
 MULTIPART_ROOM = 1024 * 1024
+
+
+# Threads that read content files for downloads (`Front.stream`), apart from Django's.
+FILE_READERS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="content-read")
 
 
 class Front:
@@ -89,6 +94,9 @@ class Front:
             answer = await self.wait(answer.poll, receive)
             if answer is None:
                 return  # the client went away: nothing to answer
+        if isinstance(answer, Stream):
+            await self.stream(answer, receive, send)
+            return
         if isinstance(answer, Answer):
             status, headers = answer.status, encode_headers(answer.header_list())
             chunks = [answer.content]
@@ -96,6 +104,33 @@ class Front:
             status, headers, chunks = answer
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    async def stream(self, answer: Stream, receive, send) -> None:
+        """A file sent a chunk at a time as the client takes it: `send` waits while the
+        socket's buffer is full, so a slow device holds a chunk, not the file, and no
+        thread. Reads go to a few threads of their own (a cold disk must not stall the
+        loop); the download's event is written on a pool thread once it ends."""
+        loop = asyncio.get_running_loop()
+        sent = 0
+        gone = asyncio.ensure_future(receive())  # the body is read: next comes a disconnect
+        try:
+            headers = encode_headers(answer.header_list())
+            await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+            chunks = answer.chunks()
+            while True:
+                chunk = await loop.run_in_executor(FILE_READERS, next, chunks, None)
+                if chunk is None:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if gone.done():
+                    return  # the client left: only what it got before is counted
+                sent += len(chunk)
+            await send({"type": "http.response.body", "body": b""})
+        except OSError:
+            log.warning("a download stopped after %d bytes", sent, exc_info=True)
+        finally:
+            gone.cancel()
+            await self.run_sync(answer.finish, sent)
 
     async def wait(self, poll, receive) -> Answer | None:
         """Park a long poll in the loop (no thread) until its alias changes or time runs out."""

@@ -233,8 +233,47 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / env.str("STATIC_ROOT", default="staticfiles")
+# The content area (SPEC.md section 9): files for devices. The embedded default keeps them
+# under DATA_DIR/content; CONTENT_STORAGE=s3 keeps them in an S3-compatible bucket, where
+# uploads and downloads go straight to the store with presigned URLs.
+CONTENT_STORAGE = env.str("CONTENT_STORAGE", default="filesystem")
+CONTENT_DIR = Path(env.str("CONTENT_DIR", default=str(DATA_DIR / "content")))
+CONTENT_S3_BUCKET = env.str("CONTENT_S3_BUCKET", default="")
+CONTENT_S3_ENDPOINT_URL = env.str("CONTENT_S3_ENDPOINT_URL", default="")
+CONTENT_S3_REGION = env.str("CONTENT_S3_REGION", default="us-east-1")
+CONTENT_S3_ACCESS_KEY = env.str("CONTENT_S3_ACCESS_KEY", default="")
+CONTENT_S3_SECRET_KEY = env.str("CONTENT_S3_SECRET_KEY", default="")
+# The largest item, and all of a connector's items together (bytes).
+CONTENT_MAX_BYTES = env.int("CONTENT_MAX_BYTES", default=64 * 1024 * 1024)
+CONTENT_CONNECTOR_MAX_BYTES = env.int("CONTENT_CONNECTOR_MAX_BYTES", default=1024 * 1024 * 1024)
+# The longest an upload descriptor or a signed download URL stays valid (seconds).
+CONTENT_URL_MAX_SECONDS = env.int("CONTENT_URL_MAX_SECONDS", default=3600)
+if CONTENT_STORAGE not in ("filesystem", "s3"):
+    raise ImproperlyConfigured("CONTENT_STORAGE is filesystem or s3")
+if CONTENT_STORAGE == "s3" and not CONTENT_S3_BUCKET:
+    raise ImproperlyConfigured("CONTENT_STORAGE=s3 needs CONTENT_S3_BUCKET")
+
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "content": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": CONTENT_DIR, "file_permissions_mode": 0o600},
+    }
+    if CONTENT_STORAGE == "filesystem"
+    else {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": CONTENT_S3_BUCKET,
+            "endpoint_url": CONTENT_S3_ENDPOINT_URL or None,
+            "region_name": CONTENT_S3_REGION,
+            "access_key": CONTENT_S3_ACCESS_KEY or None,
+            "secret_key": CONTENT_S3_SECRET_KEY or None,
+            "default_acl": None,
+            "file_overwrite": True,
+            "querystring_expire": 300,
+            "addressing_style": "path",
+        },
+    },
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if not DEBUG

@@ -6,14 +6,17 @@ the MQTT gateway).
 - `Pending`: a job for the store (`provisioning.store`) and the answer that holds once it is
   committed. When the store does not store it, `store.explain` gives the answer instead.
 - `Wait`: a long poll to park until its alias changes or its time runs out.
+- `Stream`: a file's bytes (a content download), sent in chunks as the client takes them;
+  `done(sent)` is called on a thread once it ends, with the bytes sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 
 from provisioning import ratelimit
 
@@ -63,7 +66,56 @@ class Wait:
     poll: PollWait
 
 
-Result = Answer | Pending | Wait
+STREAM_CHUNK = 64 * 1024
+
+
+@dataclass(slots=True, eq=False)
+class Stream:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    file: BinaryIO | None  # opened by the handler; None: headers only (HEAD)
+    start: int
+    length: int
+    done: Callable[[int], None] | None = None
+
+    def header_list(self) -> list[tuple[str, str]]:
+        return [("Content-Length", str(self.length)), *self.headers]
+
+    def chunks(self):
+        """The bytes, read a chunk at a time (never the whole file in memory)."""
+        if self.file is None:
+            return
+        self.file.seek(self.start)
+        left = self.length
+        while left > 0 and (chunk := self.file.read(min(STREAM_CHUNK, left))):
+            left -= len(chunk)
+            yield chunk
+
+    def finish(self, sent: int) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.done is not None:
+            self.done(sent)
+
+    def to_response(self) -> StreamingHttpResponse:
+        """For runserver and the test client: Django streams it from this thread."""
+
+        def counted():
+            sent = 0
+            try:
+                for chunk in self.chunks():
+                    sent += len(chunk)
+                    yield chunk
+            finally:
+                self.finish(sent)
+
+        response = StreamingHttpResponse(counted(), status=self.status)
+        for name, value in self.header_list():
+            response[name] = value
+        return response
+
+
+Result = Answer | Pending | Wait | Stream
 
 
 def text(status: int, body: str = "", headers: dict[str, str] | None = None) -> Answer:

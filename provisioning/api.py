@@ -249,8 +249,15 @@ def record(request: HttpRequest, connector_id: str) -> Result:
     return services.record(device, in_us, client_ip(request))
 
 
+def content_download(request: HttpRequest, connector_id: str) -> Result:
+    from provisioning.download import download
+
+    return download(request, connector_id)
+
+
 ROUTES = {
     "/timestamp": timestamp,
+    "/provision/download": content_download,
     "/provision/activate": activate,
     "/onep:v1/stack/alias": alias,
     "/onep:v1/stack/record": record,

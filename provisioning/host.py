@@ -19,6 +19,7 @@ from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.http.request import split_domain_port
 
+from connector import content
 from iotconnector.middleware import trust_forwarded
 from provisioning import api, explain, store, wire
 from provisioning.answers import Answer, Pending, Result, text
@@ -82,6 +83,8 @@ def route(environ: dict) -> tuple[WSGIRequest, str] | None:
 IMPORT_PATHS = re.compile(
     r"/api:1/service/[a-z0-9]{14,20}/device2/identities|/c/[a-z0-9]{14,20}/devices/import/"
 )
+# Content uploads (connector.content): only an authentic, unexpired ticket gets their limit.
+UPLOAD_PATH = "/api:1/content-upload/"
 # Multipart framing around the largest field or file.
 MULTIPART_ROOM = 1024 * 1024
 
@@ -94,6 +97,8 @@ def body_limit(host: str, path: str, credentials: bool) -> int:
         return wire.MAX_BODY
     if credentials and IMPORT_PATHS.fullmatch(path):
         return settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
+    if (ticket := path.removeprefix(UPLOAD_PATH)) != path and content.ticket_upload_id(ticket):
+        return settings.CONTENT_MAX_BYTES + MULTIPART_ROOM  # a content upload, signed
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + MULTIPART_ROOM
 
 

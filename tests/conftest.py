@@ -61,6 +61,19 @@ def _no_relay_in_test_servers():
 
 
 @pytest.fixture(autouse=True)
+def _content_dir(settings, tmp_path):
+    """Each test's content area is a directory of its own (connector.content)."""
+    settings.CONTENT_DIR = tmp_path / "content"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "content": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": settings.CONTENT_DIR},
+        },
+    }
+
+
+@pytest.fixture(autouse=True)
 def _fast_test_settings(settings):
     settings.TRUSTED_PROXIES = [
         ipaddress.ip_network("127.0.0.1/32"),
