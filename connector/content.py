@@ -117,6 +117,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def name_from_file(filename: str) -> str:
+    """An item name from an uploaded file's name: its base name, other characters as '_'."""
+    base = os.path.basename(filename.replace("\\", "/"))
+    return re.sub(r"[^A-Za-z0-9._-]", "_", base)[:128] or "file"
+
+
 def check_type(content_type: str | None) -> str:
     content_type = (content_type or DEFAULT_TYPE).strip()
     if not MIME_RE.fullmatch(content_type):
@@ -366,7 +372,9 @@ def receive_upload(upload: ContentUpload, received: HashingWriter, ip: str | Non
     try:
         if received.over:
             raise ContentError(
-                413, "file", f"the file is larger than {_size(upload.max_size)} (CONTENT_MAX_BYTES)"
+                413,
+                "file",
+                f"the file is larger than {human_size(upload.max_size)} (CONTENT_MAX_BYTES)",
             )
         digest = received.hash.hexdigest()
         if upload.sha256 and not hmac.compare_digest(digest, upload.sha256):
@@ -402,8 +410,8 @@ def _settle(upload: ContentUpload, size: int, digest: str, path: str | None, ip)
                 raise ContentError(
                     507,
                     "file",
-                    f"the connector's content would take {_size(others + size)}, over its "
-                    f"{_size(limit)} (CONTENT_CONNECTOR_MAX_BYTES)",
+                    f"the connector's content would take {human_size(others + size)}, over its "
+                    f"{human_size(limit)} (CONTENT_CONNECTOR_MAX_BYTES)",
                 )
             if path is not None:
                 with open(path, "rb") as source:
@@ -432,7 +440,7 @@ def _settle(upload: ContentUpload, size: int, digest: str, path: str | None, ip)
             events.record(
                 connector,
                 EventType.CONTENT_UPLOADED,
-                f"{'Replaced' if current else 'Uploaded'} content {item.name} ({_size(size)})",
+                f"{'Replaced' if current else 'Uploaded'} content {item.name} ({human_size(size)})",
                 source_ip=ip,
                 actor=upload.created_by,
                 payload={
@@ -535,7 +543,7 @@ def counted_download(item_id: int) -> None:
     ContentItem.objects.filter(pk=item_id).update(downloads=F("downloads") + 1)
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}".replace(".0 ", " ")

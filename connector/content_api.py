@@ -42,12 +42,17 @@ def download_url(request: HttpRequest, connector: Connector, item: ContentItem, 
         return s3.presigned_get(item, seconds)
     expires = int(time.time()) + seconds
     signature = content.download_signature(connector.pk, item.name, expires)
+    query = f"id={item.name}&expires={expires}&signature={signature}"
+    return f"{device_base_url(request, connector)}/provision/download?{query}"
+
+
+def device_base_url(request: HttpRequest, connector: Connector) -> str:
+    """The connector's device API as reached from where this request came: its host with
+    the scheme and port of this one (`http://<id>.localhost:8000` locally)."""
     port = request.get_port()
     scheme = "https" if request.is_secure() else "http"
     default = {"http": "80", "https": "443"}[scheme]
-    host = connector.fqdn + ("" if port == default else f":{port}")
-    query = f"id={item.name}&expires={expires}&signature={signature}"
-    return f"{scheme}://{host}/provision/download?{query}"
+    return f"{scheme}://{connector.fqdn}" + ("" if port == default else f":{port}")
 
 
 FULL = OpenApiParameter("full", bool, description="true: the item objects, not their names")

@@ -13,6 +13,22 @@ urlpatterns = [
     path("c/<str:connector_id>/delete/", views.connector_delete, name="connector-delete"),
     path("c/<str:connector_id>/devices/", include("devices.urls")),
     path("c/<str:connector_id>/resources/", views.connector_resources, name="connector-resources"),
+    path("c/<str:connector_id>/content/", views.connector_content, name="connector-content"),
+    path(
+        "c/<str:connector_id>/content/upload/",
+        views.content_upload_form,
+        name="content-upload-form",
+    ),
+    path(
+        "c/<str:connector_id>/content/descriptor/",
+        views.content_descriptor,
+        name="content-descriptor",
+    ),
+    path(
+        "c/<str:connector_id>/content/<str:name>/delete/",
+        views.content_delete,
+        name="content-delete",
+    ),
     path("c/<str:connector_id>/logs/", views.connector_logs, name="connector-logs"),
     path("c/<str:connector_id>/logs/feed/", views.connector_logs_feed, name="connector-logs-feed"),
     path("c/<str:connector_id>/events/", views.subscription_create, name="subscription-create"),

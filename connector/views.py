@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
-from connector import logs, outbox, safeinput, services, signin, subscriptions
+from connector import content, content_api, logs, outbox, safeinput, services, signin, subscriptions
 from connector.forms import ConnectorNameForm, SettingsForm, SignInForm, SignUpForm
 from connector.models import Connector, EventType
 from devices.forms import ResourceForm
@@ -312,3 +314,102 @@ def connector_logs_feed(request: HttpRequest, connector_id: str) -> HttpResponse
     response["X-Last-Id"] = str(events[0].id if events else after)
     response["Cache-Control"] = "no-store"
     return response
+
+
+# --- Content tab ------------------------------------------------------------------------------
+
+
+@login_required
+def connector_content(request: HttpRequest, connector_id: str) -> HttpResponse:
+    """The content area: items with their size, sha256, uploader and downloads, the quota,
+    an upload form. With JavaScript the page uploads through a descriptor (straight to the
+    store on S3) with a progress bar; without, this view takes the file itself."""
+    connector = user_connector(request, connector_id)
+    return _content_page(request, connector)
+
+
+def _content_page(request, connector: Connector, status: int = 200, error: str = "", **extra):
+    found = list(content.items(connector).select_related("uploaded_by"))
+    base = content_api.device_base_url(request, connector)
+    return _tab(
+        request,
+        connector,
+        "content",
+        "connector/content.html",
+        status=status,
+        items=found,
+        usage=content.usage(connector),
+        device_base=base,
+        max_bytes=settings.CONTENT_MAX_BYTES,
+        error=error,
+        on_s3=content.on_s3(),
+        **extra,
+    )
+
+
+@csrf_exempt  # checked below, once the upload handler is in place (CSRF reads the body)
+@login_required
+def content_upload_form(request: HttpRequest, connector_id: str) -> HttpResponse:
+    """The upload form without JavaScript: the file in this request, hashed as it is read."""
+    connector = user_connector(request, connector_id)
+    if request.method != "POST":
+        return redirect("connector-content", connector_id=connector_id)
+    handler = content.UploadHandler(settings.CONTENT_MAX_BYTES)
+    request.upload_handlers = [handler]
+    return _take_upload(request, connector, handler)
+
+
+@csrf_protect
+def _take_upload(request, connector: Connector, handler) -> HttpResponse:
+    try:
+        if request.FILES.get("file") is None or handler.writer is None:
+            raise content.ContentError(400, "file", "choose a file to upload")
+        name = request.POST.get("name") or content.name_from_file(request.FILES["file"].name)
+        upload = content.start_upload(
+            connector,
+            name,
+            content_type=request.POST.get("type") or request.FILES["file"].content_type,
+            sha256=request.POST.get("sha256"),
+            description=request.POST.get("description"),
+            actor=request.user,
+            upload_url=content_api.upload_url_maker(request),
+            sha256_required=False,
+        ).upload
+        item = content.receive_upload(upload, handler.writer, request.META.get("REMOTE_ADDR"))
+    except content.ContentError as exc:
+        handler.discard()
+        return _content_page(request, connector, status=exc.status, error=exc.message)
+    messages.success(request, f"{item.name} uploaded ({item.size} bytes, sha256 {item.sha256}).")
+    return redirect("connector-content", connector_id=connector.id)
+
+
+@login_required
+@require_POST
+def content_descriptor(request: HttpRequest, connector_id: str) -> JsonResponse:
+    """For the page's script: an upload descriptor, as the management API gives one."""
+    connector = user_connector(request, connector_id)
+    try:
+        descriptor = content.start_upload(
+            connector,
+            request.POST.get("name", ""),
+            content_type=request.POST.get("type"),
+            sha256=request.POST.get("sha256"),
+            description=request.POST.get("description"),
+            actor=request.user,
+            upload_url=content_api.upload_url_maker(request),
+            sha256_required=False,
+        )
+    except content.ContentError as exc:
+        return JsonResponse({exc.field or "detail": exc.message}, status=exc.status)
+    return JsonResponse(descriptor.json())
+
+
+@login_required
+def content_delete(request: HttpRequest, connector_id: str, name: str) -> HttpResponse:
+    connector = user_connector(request, connector_id)
+    item = get_object_or_404(content.items(connector), name=name)
+    if request.method == "POST":
+        content.delete_item(connector, name, actor=request.user, ip=request.META.get("REMOTE_ADDR"))
+        messages.success(request, f"{name} deleted.")
+        return redirect("connector-content", connector_id=connector.id)
+    return _tab(request, connector, "content", "connector/content_delete.html", item=item)

@@ -83,6 +83,8 @@ def route(environ: dict) -> tuple[WSGIRequest, str] | None:
 IMPORT_PATHS = re.compile(
     r"/api:1/service/[a-z0-9]{14,20}/device2/identities|/c/[a-z0-9]{14,20}/devices/import/"
 )
+# The Content tab's own upload (no JavaScript), for a signed-in user.
+CONTENT_FORM_PATH = re.compile(r"/c/[a-z0-9]{14,20}/content/upload/")
 # Content uploads (connector.content): only an authentic, unexpired ticket gets their limit.
 UPLOAD_PATH = "/api:1/content-upload/"
 # Multipart framing around the largest field or file.
@@ -97,6 +99,8 @@ def body_limit(host: str, path: str, credentials: bool) -> int:
         return wire.MAX_BODY
     if credentials and IMPORT_PATHS.fullmatch(path):
         return settings.IMPORT_MAX_BYTES + MULTIPART_ROOM
+    if credentials and CONTENT_FORM_PATH.fullmatch(path):
+        return settings.CONTENT_MAX_BYTES + MULTIPART_ROOM
     if (ticket := path.removeprefix(UPLOAD_PATH)) != path and content.ticket_upload_id(ticket):
         return settings.CONTENT_MAX_BYTES + MULTIPART_ROOM  # a content upload, signed
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + MULTIPART_ROOM

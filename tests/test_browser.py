@@ -313,3 +313,55 @@ def test_mqtt_is_switched_on_in_settings_and_its_endpoint_shown(page, settings):
     expect(page.locator(".settings")).to_contain_text("MQTT Device API (murano:v1/mqtt")
     connector.refresh_from_db()
     assert connector.protocol_name == "murano:v1/mqtt"
+
+
+def test_content_tab_uploads_with_progress_and_deletes(page, tmp_path):
+    import hashlib
+
+    from connector.models import ContentItem
+    from connector.services import create_connector
+
+    user = User.objects.create_user("content@example.com", "a long factory passphrase")
+    connector = create_connector(user, "Firmware")
+    sign_in(page, "content@example.com")
+    page.goto(f"/c/{connector.id}/content/")
+    expect(page.get_by_text("No content yet.")).to_be_visible()
+    image = tmp_path / "fw-3.1.bin"
+    data = os.urandom(6 * 1024 * 1024)
+    image.write_bytes(data)
+    page.get_by_label("Drop a file here or choose one").set_input_files(str(image))
+    expect(page.get_by_text("fw-3.1.bin · 6 MiB")).to_be_visible()
+    page.get_by_label("Description").fill("Release 3.1")
+    # Every value the progress bar is given is reported here, across the page's reload.
+    seen = []
+    page.expose_function("reportProgress", lambda value: seen.append(value))
+    page.evaluate(
+        """() => {
+          const bar = document.querySelector('[data-progress]');
+          const base = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value');
+          Object.defineProperty(bar, 'value', {
+            set(v) { window.reportProgress(v); base.set.call(this, v); },
+            get() { return base.get.call(this); },
+          });
+        }"""
+    )
+    page.get_by_role("button", name="Upload").click()
+    row = page.locator('tr[data-item="fw-3.1.bin"]')
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("Release 3.1")
+    expect(row).to_contain_text("6 MiB")
+    assert seen[0] == 0 and seen[-1] == 100 and len(seen) >= 3  # reset, progress, done
+    item = ContentItem.objects.get()
+    assert item.sha256 == hashlib.sha256(data).hexdigest() and item.size == len(data)
+    expect(page.locator("#content-usage")).to_contain_text("1 item · 6 MiB of 1 GiB used")
+    row.get_by_text("Download line").click()
+    curl_line = row.get_by_label("curl command for fw-3.1.bin")
+    expect(curl_line).to_have_value(
+        f'curl -H "X-Exosite-CIK: $TOKEN" -o fw-3.1.bin '
+        f'"http://{connector.fqdn}:{page.url.split(":")[2].split("/")[0]}'
+        f'/provision/download?id=fw-3.1.bin"'
+    )
+    row.get_by_role("link", name="Delete fw-3.1.bin").click()
+    page.get_by_role("button", name="Delete fw-3.1.bin").click()
+    expect(page.get_by_text("No content yet.")).to_be_visible()
+    assert ContentItem.objects.count() == 0

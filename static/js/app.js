@@ -110,3 +110,105 @@ document.addEventListener("change", (event) => {
   }
   setTimeout(poll, delay);
 })();
+
+// Content tab: drop or pick a file, then upload it through a descriptor (as the management
+// API's clients do: straight to the store on S3) with a progress bar. The sha256 is computed
+// here when the browser can (crypto.subtle needs HTTPS or localhost) and checked by the server.
+(() => {
+  const form = document.querySelector("[data-content-upload]");
+  if (!form || !window.XMLHttpRequest || !window.FormData) return;
+  const input = form.querySelector('input[type="file"]');
+  const zone = form.querySelector("[data-dropzone]");
+  const summary = form.querySelector("[data-file-summary]");
+  const bar = form.querySelector("[data-progress]");
+  const status = form.querySelector("[data-upload-status]");
+  const maxBytes = Number(form.dataset.maxBytes);
+  const csrf = form.querySelector('input[name="csrfmiddlewaretoken"]').value;
+  let file = null;
+
+  function size(n) {
+    const units = [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]];
+    for (const [unit, scale] of units) {
+      if (n >= scale) return `${(n / scale).toFixed(1).replace(/\.0$/, "")} ${unit}`;
+    }
+    return `${n} bytes`;
+  }
+  function say(text, bad) {
+    status.textContent = text;
+    status.className = `small ${bad ? "bad" : ""}`;
+  }
+  function choose(chosen) {
+    file = chosen || null;
+    summary.textContent = file ? `${file.name} · ${size(file.size)}${file.size > maxBytes ? ` — over the ${size(maxBytes)} limit` : ""}` : "";
+    const name = form.querySelector("#content-name");
+    if (file && !name.value) name.placeholder = file.name.replace(/[^A-Za-z0-9._-]/g, "_").slice(0, 128);
+  }
+  input.addEventListener("change", () => choose(input.files[0]));
+  ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  }));
+  ["dragleave", "drop"].forEach((type) => zone.addEventListener(type, () => zone.classList.remove("dragging")));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    if (event.dataTransfer.files.length) {
+      input.files = event.dataTransfer.files;
+      choose(event.dataTransfer.files[0]);
+    }
+  });
+
+  async function digest(chosen) {
+    if (!window.crypto || !crypto.subtle) return "";
+    const hash = await crypto.subtle.digest("SHA-256", await chosen.arrayBuffer());
+    return Array.from(new Uint8Array(hash), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!file) { say("Choose a file to upload.", true); return; }
+    if (file.size > maxBytes) { say(`The file is larger than ${size(maxBytes)}.`, true); return; }
+    const button = form.querySelector('button[type="submit"]');
+    button.disabled = true;
+    try {
+      say("Checking the file…");
+      const asked = new FormData();
+      asked.set("name", form.querySelector("#content-name").value || form.querySelector("#content-name").placeholder);
+      asked.set("type", form.querySelector("#content-type").value || file.type || "application/octet-stream");
+      asked.set("description", form.querySelector("#content-description").value);
+      asked.set("sha256", await digest(file));
+      const response = await fetch(form.dataset.descriptorUrl, {
+        method: "POST", body: asked, headers: { "X-CSRFToken": csrf, Accept: "application/json" },
+      });
+      const descriptor = await response.json();
+      if (!response.ok) throw new Error(Object.values(descriptor).join(" "));
+      const body = new FormData();
+      Object.entries(descriptor.inputs).forEach(([name, value]) => body.append(name, value));
+      body.append(descriptor.field, file);
+      bar.hidden = false;
+      bar.value = 0;
+      const result = await new Promise((resolve, reject) => {
+        const xhr = new XMLHttpRequest();
+        xhr.open(descriptor.method, descriptor.url);
+        xhr.upload.addEventListener("progress", (progress) => {
+          if (!progress.lengthComputable) return;
+          bar.value = Math.round((100 * progress.loaded) / progress.total);
+          say(`Uploading… ${bar.value}% (${size(progress.loaded)} of ${size(progress.total)})`);
+        });
+        xhr.addEventListener("load", () => resolve(xhr));
+        xhr.addEventListener("error", () => reject(new Error("the upload was interrupted")));
+        xhr.send(body);
+      });
+      if (result.status >= 300) {
+        let reason = result.responseText;
+        try { reason = Object.values(JSON.parse(reason)).join(" "); } catch (err) { /* text as sent */ }
+        throw new Error(reason || `the store answered ${result.status}`);
+      }
+      bar.value = 100;
+      say("Uploaded.");
+      window.location.reload();
+    } catch (err) {
+      say(`Nothing was uploaded: ${err.message}`, true);
+      button.disabled = false;
+    }
+  });
+})();
