@@ -61,6 +61,13 @@ class ContentError(Exception):
         self.status, self.field, self.message = status, field, message
 
 
+class UploadGone(ContentError):
+    """The upload was used (or removed) meanwhile: another request settled it."""
+
+    def __init__(self):
+        super().__init__(403, "", "this upload link is not valid (already used)")
+
+
 def storage():
     return storages["content"]
 
@@ -367,8 +374,47 @@ class UploadHandler(FileUploadHandler):
 
 
 def receive_upload(upload: ContentUpload, received: HashingWriter, ip: str | None) -> ContentItem:
-    """Make the received bytes the item named by the upload, or refuse them (nothing kept):
-    413 past the size limit, 400 when the sha256 differs, 507 past the connector's quota."""
+    """Make the received bytes the item named by the upload, or refuse them (nothing kept,
+    the refusal logged): 413 past the size limit, 400 when the sha256 differs, 507 past the
+    connector's quota. The descriptor stays valid until it expires, for another try."""
+    try:
+        return _receive(upload, received, ip)
+    except UploadGone:
+        raise
+    except ContentError as exc:
+        refused(upload, exc.message, ip)
+        raise
+
+
+def refused(upload: ContentUpload, reason: str, ip: str | None = None) -> None:
+    events.record(
+        upload.connector_id,
+        EventType.CONTENT_REFUSED,
+        f"Upload of {upload.name} refused: {reason}"[:300],
+        source_ip=ip,
+        actor=upload.created_by,
+        payload={"id": upload.name, "reason": reason},
+    )
+
+
+def settle_stored(upload: ContentUpload, size: int, digest: str) -> ContentItem:
+    """An upload whose bytes the store already holds under its blob (S3), checked."""
+    return _settle(upload, size, digest, None, None)
+
+
+def settle_pending(connector: Connector | str) -> None:
+    """On S3, turn the connector's finished uploads into items before its content is read
+    (one indexed query when none are pending)."""
+    if not on_s3():
+        return
+    connector_id = connector if isinstance(connector, str) else connector.pk
+    if ContentUpload.objects.filter(connector_id=connector_id).exists():
+        from connector import s3
+
+        s3.settle(connector_id)
+
+
+def _receive(upload: ContentUpload, received: HashingWriter, ip: str | None) -> ContentItem:
     try:
         if received.over:
             raise ContentError(
@@ -398,7 +444,7 @@ def _settle(upload: ContentUpload, size: int, digest: str, path: str | None, ip)
         with transaction.atomic():
             locked = ContentUpload.objects.select_for_update().filter(pk=upload.pk).first()
             if locked is None:
-                raise ContentError(403, "", "this upload link is not valid (already used)")
+                raise UploadGone()
             connector = Connector.objects.select_for_update().get(pk=upload.connector_id)
             current = ContentItem.objects.filter(connector=connector, name=upload.name).first()
             others = (
@@ -451,10 +497,10 @@ def _settle(upload: ContentUpload, size: int, digest: str, path: str | None, ip)
                 },
             )
             if old_blob and old_blob != item.blob:
-                transaction.on_commit(lambda: _delete_blobs([old_blob]))
+                transaction.on_commit(lambda: delete_blobs([old_blob]))
     except BaseException:
         if stored:
-            _delete_blobs([upload.blob])
+            delete_blobs([upload.blob])
         raise
     return item
 
@@ -487,7 +533,7 @@ def delete_item(connector: Connector, name: str, actor=None, ip: str | None = No
             payload={"ids": [name]},
         )
         blob = item.blob
-        transaction.on_commit(lambda: _delete_blobs([blob]))
+        transaction.on_commit(lambda: delete_blobs([blob]))
 
 
 def delete_all(connector: Connector, actor=None, ip: str | None = None) -> int:
@@ -506,7 +552,7 @@ def delete_all(connector: Connector, actor=None, ip: str | None = None) -> int:
             payload={"ids": names[:100], "count": len(names)},
         )
         blobs = [blob for _, blob in found]
-        transaction.on_commit(lambda: _delete_blobs(blobs))
+        transaction.on_commit(lambda: delete_blobs(blobs))
     return len(found)
 
 
@@ -518,7 +564,7 @@ def forget_connector(connector_id: str) -> None:
     blobs += list(
         ContentUpload.objects.filter(connector_id=connector_id).values_list("blob", flat=True)
     )
-    transaction.on_commit(lambda: _delete_blobs(blobs))
+    transaction.on_commit(lambda: delete_blobs(blobs))
 
 
 def prune_uploads(now=None) -> int:
@@ -526,11 +572,11 @@ def prune_uploads(now=None) -> int:
     now = now or timezone.now()
     expired = list(ContentUpload.objects.filter(expires_at__lt=now).values_list("pk", "blob"))
     ContentUpload.objects.filter(pk__in=[pk for pk, _ in expired]).delete()
-    _delete_blobs([blob for _, blob in expired])
+    delete_blobs([blob for _, blob in expired])
     return len(expired)
 
 
-def _delete_blobs(blobs) -> None:
+def delete_blobs(blobs) -> None:
     store = storage()
     for blob in blobs:
         try:

@@ -25,7 +25,9 @@ def _ip(request) -> str | None:
 
 
 def refusal(exc: content.ContentError) -> Response:
-    return Response({exc.field or "detail": exc.message}, status=exc.status)
+    """400 names the field (FieldErrors); anything else is a Detail."""
+    field = exc.field if exc.status == 400 and exc.field else "detail"
+    return Response({field: exc.message}, status=exc.status)
 
 
 def upload_url_maker(request: HttpRequest):
@@ -66,6 +68,7 @@ class ItemListView(APIView):
     )
     def get(self, request: Request, connector_id: str) -> Response:
         connector = user_connector(request, connector_id)
+        content.settle_pending(connector)
         full = request.query_params.get("full", "").lower()
         if full not in ("", "true", "false"):
             return Response({"full": "full is true or false"}, status=400)
@@ -85,6 +88,7 @@ class ItemView(APIView):
     @extend_schema(operation_id="content_item", responses={200: ref("ContentItem")})
     def get(self, request: Request, connector_id: str, name: str) -> Response:
         connector = user_connector(request, connector_id)
+        content.settle_pending(connector)
         try:
             return Response(content.item_json(content.find(connector, name)))
         except content.ContentError as exc:
@@ -140,6 +144,7 @@ class ItemDownloadView(APIView):
     )
     def get(self, request: Request, connector_id: str, name: str) -> Response:
         connector = user_connector(request, connector_id)
+        content.settle_pending(connector)
         try:
             item = content.find(connector, name)
             seconds = content.check_expires_in(request.query_params.get("expires_in"))

@@ -277,6 +277,7 @@ class EventType(models.TextChoices):
     CONTENT_IN = "content_in", "Download"
     CONTENT_UPLOADED = "content_uploaded", "Content uploaded"
     CONTENT_DELETED = "content_deleted", "Content deleted"
+    CONTENT_REFUSED = "content_refused", "Upload refused"
 
 
 class Event(models.Model):

@@ -329,7 +329,8 @@ def connector_content(request: HttpRequest, connector_id: str) -> HttpResponse:
 
 
 def _content_page(request, connector: Connector, status: int = 200, error: str = "", **extra):
-    found = list(content.items(connector).select_related("uploaded_by"))
+    content.settle_pending(connector)
+    found = list(content.items(connector))
     base = content_api.device_base_url(request, connector)
     return _tab(
         request,

@@ -301,11 +301,23 @@ SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+
 # The pages' only script is static/js/app.js and their only styles static/css/app.css.
+def _content_store_origin() -> str:
+    """Where the Content tab's script sends uploads on S3 (the bucket's endpoint)."""
+    if CONTENT_STORAGE != "s3":
+        return ""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(CONTENT_S3_ENDPOINT_URL or f"https://s3.{CONTENT_S3_REGION}.amazonaws.com")
+    return f" {url.scheme}://{url.netloc}"
+
+
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
-    " connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self';"
-    " frame-ancestors 'none'"
+    f" connect-src 'self'{_content_store_origin()}; object-src 'none'; base-uri 'none';"
+    " form-action 'self'; frame-ancestors 'none'"
 )
 
 # Failed device activations/authentications allowed per connector and client address in one

@@ -68,6 +68,7 @@ def download(request: HttpRequest, connector_id: str) -> Result:
             return found
         device = found
     ip = client_ip(request)
+    content.settle_pending(connector_id)
     if not name:
         names = list(content.items(connector_id).values_list("name", flat=True))
         return Answer(200, "".join(f"{n}\n" for n in names), content_type=CSV)

@@ -8,6 +8,7 @@ status, content type, headers and body. `FUZZ_EXAMPLES` bounds the examples per 
 mode (default 20).
 """
 
+import hashlib
 import os
 import re
 
@@ -19,6 +20,7 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from connector import content as content_area
 from connector import services, subscriptions
 from connector.models import User
 from devices import services as device_services
@@ -76,6 +78,18 @@ def line(live_server, transactional_db, settings):
     subscription, _secret = subscriptions.create(
         connector, {"webhook": {"url": "http://127.0.0.1:9/events"}}
     )
+    # A content item for the content operations to find.
+    firmware = b"firmware image"
+    upload = content_area.start_upload(
+        connector,
+        "fw.bin",
+        content_type=None,
+        sha256=hashlib.sha256(firmware).hexdigest(),
+        upload_url=str,
+    ).upload
+    received = content_area.HashingWriter(upload.max_size)
+    received.write(firmware)
+    content_area.receive_upload(upload, received, None)
     return live_server, connector, subscription
 
 
@@ -90,6 +104,7 @@ def test_every_operation_answers_as_described_and_never_5xx(line, method, path, 
         "connector_id": connector.pk,
         "identity": identity,
         "subscription_id": subscription.pk,
+        "name": "fw.bin",
     }
     names = re.findall(r"{(\w+)}", path)
     strategy = SCHEMA[path][method].as_strategy(
