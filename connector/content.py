@@ -570,10 +570,43 @@ def forget_connector(connector_id: str) -> None:
 def prune_uploads(now=None) -> int:
     """Expired uploads nobody finished, and whatever bytes of theirs reached the store."""
     now = now or timezone.now()
+    if on_s3():  # a finished one not yet looked at is settled, not dropped
+        for connector_id in set(
+            ContentUpload.objects.filter(expires_at__lt=now).values_list("connector_id", flat=True)
+        ):
+            settle_pending(connector_id)
     expired = list(ContentUpload.objects.filter(expires_at__lt=now).values_list("pk", "blob"))
     ContentUpload.objects.filter(pk__in=[pk for pk, _ in expired]).delete()
     delete_blobs([blob for _, blob in expired])
     return len(expired)
+
+
+# Files younger than this are never swept: an upload may be settling them right now.
+SWEEP_GRACE = timedelta(hours=1)
+
+
+def sweep_orphans(now=None) -> int:
+    """Delete stored files no item or pending upload names (left by a crash between storing
+    and committing, or a delete whose hook did not run), past SWEEP_GRACE."""
+    now = now or timezone.now()
+    store = storage()
+    known = set(ContentItem.objects.values_list("blob", flat=True))
+    known |= set(ContentUpload.objects.values_list("blob", flat=True))
+    removed = 0
+    directories, _files = store.listdir("")
+    for directory in directories:
+        _sub, files = store.listdir(directory)
+        for name in files:
+            blob = f"{directory}/{name}"
+            if blob in known:
+                continue
+            if directory != ".incoming" and store.get_modified_time(blob) > now - SWEEP_GRACE:
+                continue
+            if directory == ".incoming" and store.get_modified_time(blob) > now - timedelta(days=1):
+                continue
+            delete_blobs([blob])
+            removed += 1
+    return removed
 
 
 def delete_blobs(blobs) -> None:

@@ -110,6 +110,8 @@ class Stream:
                 self.finish(sent)
 
         response = StreamingHttpResponse(counted(), status=self.status)
+        if self.file is not None:  # a response never iterated still lets its file go
+            response._resource_closers.append(self.file.close)
         for name, value in self.header_list():
             response[name] = value
         return response

@@ -21,7 +21,8 @@ from django.http import HttpRequest
 from django.utils.http import http_date, parse_http_date_safe
 
 from connector import content, events, outbox
-from connector.models import ContentItem, EventType, now_us
+from connector.models import Connector, ContentItem, EventType, now_us
+from provisioning import rules
 from provisioning.answers import NOT_ALLOWED, NOT_FOUND, Answer, Result, Stream, text
 from provisioning.auth import DeviceRow, client_ip
 
@@ -60,6 +61,13 @@ def download(request: HttpRequest, connector_id: str) -> Result:
     signature, expires = (query.get("signature") or [""])[0], (query.get("expires") or [""])[0]
     device: DeviceRow | None = None
     if signature and name:
+        devmode = (
+            Connector.objects.filter(pk=connector_id).values_list("devmode", flat=True).first()
+        )
+        if devmode is None:
+            return NOT_FOUND
+        if not rules.transport_allowed(request.is_secure(), devmode):
+            return text(403, rules.PLAIN_HTTP)
         if not content.download_signed(connector_id, name, expires, signature):
             return text(403, "this download link is not valid (expired or altered)")
     else:

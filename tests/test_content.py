@@ -3,6 +3,7 @@
 events, limits and the atomic replace."""
 
 import hashlib
+import io
 import json
 import os
 from datetime import timedelta
@@ -358,3 +359,40 @@ def test_deleting_the_connector_deletes_its_files(
     with django_capture_on_commit_callbacks(execute=True):
         services.delete_connector(connector, alice)
     assert stored_files(settings) == []
+
+
+def test_signed_link_keeps_the_transport_rule(api, connector):
+    upload(api, connector, "fw.bin", FIRMWARE)
+    link = api.get(f"/api:1/service/{connector.id}/content/item/fw.bin/download").json()
+    url = urlsplit(link["url"])
+    plain = DeviceClient(connector, secure=False)
+    assert plain.get(f"{url.path}?{url.query}").status_code == 403  # no TLS, no developer mode
+    connector.devmode = True
+    connector.save()
+    allowed = plain.get(f"{url.path}?{url.query}")
+    assert allowed.status_code == 200 and body(allowed) == FIRMWARE
+
+
+def test_prune_drops_expired_uploads_and_orphaned_files(api, connector, settings):
+    from django.core.management import call_command
+
+    upload(api, connector, "kept.bin", b"kept")
+    found = descriptor(api, connector, "never.bin", data=b"never")
+    orphan = settings.CONTENT_DIR / connector.id / "lost.bin.0123"
+    orphan.write_bytes(b"left by a crash")
+    old = (timezone.now() - timedelta(hours=2)).timestamp()
+    os.utime(orphan, (old, old))
+    young = settings.CONTENT_DIR / connector.id / "settling.bin.4567"
+    young.write_bytes(b"being settled")
+    with time_machine.travel(timezone.now() + timedelta(seconds=901)):
+        out = io.StringIO()
+        call_command("prune_events", stdout=out)
+    assert "Deleted 1 expired content upload and 1 orphaned content file." in out.getvalue()
+    assert not ContentUpload.objects.filter(
+        pk=found["url"].rsplit("/", 1)[1].split(".")[0]
+    ).exists()
+    assert not orphan.exists() and young.exists()
+    assert ContentItem.objects.get().name == "kept.bin"
+    assert stored_files(settings) == sorted(
+        [ContentItem.objects.get().blob, f"{connector.id}/settling.bin.4567"]
+    )

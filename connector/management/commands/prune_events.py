@@ -1,13 +1,14 @@
 from django.core.management.base import BaseCommand
 
-from connector import outbox
+from connector import content, outbox
 from connector.logs import prune
 
 
 class Command(BaseCommand):
     help = (
         "Delete events past LOG_RETENTION_DAYS and beyond LOG_MAX_ROWS_PER_CONNECTOR, and "
-        "delivered outbox rows past EVENTS_OUTBOX_RETENTION_DAYS."
+        "delivered outbox rows past EVENTS_OUTBOX_RETENTION_DAYS, content uploads past their"
+        " expiry and stored content files nothing refers to."
     )
 
     def add_arguments(self, parser):
@@ -20,4 +21,10 @@ class Command(BaseCommand):
         delivered = outbox.prune()
         self.stdout.write(
             f"Deleted {delivered} delivered outbox row{'s' if delivered != 1 else ''}."
+        )
+        uploads = content.prune_uploads()
+        orphans = content.sweep_orphans()
+        self.stdout.write(
+            f"Deleted {uploads} expired content upload{'s' if uploads != 1 else ''} and "
+            f"{orphans} orphaned content file{'s' if orphans != 1 else ''}."
         )
