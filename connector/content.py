@@ -206,14 +206,34 @@ def find(connector: Connector | str, name: str) -> ContentItem:
 
 def item_json(item: ContentItem) -> dict:
     """Murano's content item object."""
+    return _item_json(
+        item.name,
+        item.content_type,
+        item.size,
+        item.updated_at,
+        item.description,
+        item.tags,
+        item.sha256,
+    )
+
+
+ITEM_FIELDS = ("name", "content_type", "size", "updated_at", "description", "tags", "sha256")
+
+
+def items_json(connector: Connector | str) -> list[dict]:
+    """Every item's object, without building a model instance each (10,000 items)."""
+    return [_item_json(*row) for row in items(connector).values_list(*ITEM_FIELDS)]
+
+
+def _item_json(name, content_type, size, updated_at, description, tags, sha256) -> dict:
     return {
-        "id": item.name,
-        "type": item.content_type,
-        "length": item.size,
-        "last_modified": item.updated_at.isoformat().replace("+00:00", "Z"),
-        "description": item.description,
-        "tags": item.tags,
-        "sha256": item.sha256,
+        "id": name,
+        "type": content_type,
+        "length": size,
+        "last_modified": updated_at.isoformat().replace("+00:00", "Z"),
+        "description": description,
+        "tags": tags,
+        "sha256": sha256,
     }
 
 

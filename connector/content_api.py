@@ -72,10 +72,9 @@ class ItemListView(APIView):
         full = request.query_params.get("full", "").lower()
         if full not in ("", "true", "false"):
             return Response({"full": "full is true or false"}, status=400)
-        found = content.items(connector)
         if full == "true":
-            return Response([content.item_json(item) for item in found])
-        return Response(list(found.values_list("name", flat=True)))
+            return Response(content.items_json(connector))
+        return Response(list(content.items(connector).values_list("name", flat=True)))
 
     @extend_schema(operation_id="content_item_delete_all", responses={204: None})
     def delete(self, request: Request, connector_id: str) -> Response:

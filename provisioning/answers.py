@@ -66,7 +66,7 @@ class Wait:
     poll: PollWait
 
 
-STREAM_CHUNK = 64 * 1024
+STREAM_CHUNK = 65536
 
 
 @dataclass(slots=True, eq=False)

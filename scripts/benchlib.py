@@ -133,3 +133,14 @@ def each_backend(args, scratch_name: str, run) -> dict:
                 else:
                     results["postgresql"] = run("postgresql", scratch, tmp, args)
     return results
+
+
+def rss_of(pid: int) -> int:
+    """A process's resident set, in KiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
