@@ -121,6 +121,9 @@ class Front:
                 if chunk is None:
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # Let the loop run between chunks, whether or not the socket was full: the
+                # other connections get their turn, and a disconnect is seen.
+                await asyncio.sleep(0)
                 if gone.done():
                     return  # the client left: only what it got before is counted
                 sent += len(chunk)
