@@ -613,7 +613,10 @@ def sweep_orphans(now=None) -> int:
     known = set(ContentItem.objects.values_list("blob", flat=True))
     known |= set(ContentUpload.objects.values_list("blob", flat=True))
     removed = 0
-    directories, _files = store.listdir("")
+    try:
+        directories, _files = store.listdir("")
+    except FileNotFoundError:
+        return 0  # nothing was ever stored
     for directory in directories:
         _sub, files = store.listdir(directory)
         for name in files:

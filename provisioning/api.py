@@ -16,7 +16,7 @@ import time
 from django.http import HttpRequest
 
 from connector.models import Connector, now_us
-from provisioning import auth, connectors, longpoll, rules, services, wire
+from provisioning import auth, connectors, download, longpoll, rules, services, wire
 from provisioning.answers import (
     FORM,
     NOT_ALLOWED,
@@ -250,9 +250,7 @@ def record(request: HttpRequest, connector_id: str) -> Result:
 
 
 def content_download(request: HttpRequest, connector_id: str) -> Result:
-    from provisioning.download import download
-
-    return download(request, connector_id)
+    return download.download(request, connector_id, authenticate)
 
 
 ROUTES = {

@@ -14,6 +14,7 @@ is a `content_in` event (who, which item, how many bytes went out) when it ends.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 from django.db import transaction
@@ -51,9 +52,10 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | bool:
     return start, end - start + 1
 
 
-def download(request: HttpRequest, connector_id: str) -> Result:
-    from provisioning.api import authenticate
-
+def download(
+    request: HttpRequest, connector_id: str, authenticate: Callable[..., DeviceRow | Answer]
+) -> Result:
+    """`authenticate` is the device API's own (provisioning.api), passed in by its route."""
     if request.method not in ("GET", "HEAD"):
         return NOT_ALLOWED
     query = parse_qs(request.META.get("QUERY_STRING", ""), keep_blank_values=True)
