@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib.auth import authenticate
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -11,21 +10,19 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import logs, safeinput, services, signin
+from connector import access, logs, members, safeinput, services, signin
 from connector.forms import ConnectorNameForm
 from connector.models import ApiToken, Connector, EventType
 from connector.openapi import ref
 from connector.settings_json import form_errors_to_json, form_from_patch, settings_to_json
 
-
-def user_connector(request: Request, connector_id: str) -> Connector:
-    """The connector if the user belongs to it; 404 otherwise (never 403: ids do not leak)."""
-    return get_object_or_404(Connector.objects.for_user(request.user), pk=connector_id)
+Role = access.Role
 
 
 def connector_json(connector: Connector) -> dict:
@@ -56,6 +53,9 @@ ConnectorOut = inline_serializer("Connector", CONNECTOR_FIELDS)
 NameIn = inline_serializer("ConnectorName", {"name": serializers.CharField(max_length=100)})
 
 
+TOKEN_FIELDS = {"email", "password", "connector", "role", "name", "ttl"}
+
+
 class TokenView(APIView):
     """POST {email, password} -> {token, expires}; DELETE revokes the token used to call it."""
 
@@ -71,19 +71,35 @@ class TokenView(APIView):
 
     @extend_schema(
         request=inline_serializer(
-            "TokenRequest", {"email": serializers.EmailField(), "password": serializers.CharField()}
+            "TokenRequest",
+            {
+                "email": serializers.EmailField(),
+                "password": serializers.CharField(),
+                "connector": serializers.CharField(
+                    required=False, help_text="scope: this connector only"
+                ),
+                "role": serializers.ChoiceField(
+                    access.RANK, required=False, help_text="at most this role (needs connector)"
+                ),
+                "name": serializers.CharField(required=False, max_length=100),
+                "ttl": serializers.IntegerField(required=False, help_text="seconds"),
+            },
         ),
         responses={
             201: inline_serializer(
                 "Token", {"token": serializers.CharField(), "expires": serializers.DateTimeField()}
             ),
+            400: OpenApiResponse(ref("FieldErrors"), "a scope field is wrong: no token"),
             401: OpenApiResponse(ref("Detail"), description="Wrong email or password"),
         },
     )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):  # `null`, a list, a number
             return Response({"detail": 'Send a JSON object: {"email": …, "password": …}.'}, 400)
-        email, password = request.data.get("email"), request.data.get("password")
+        data = request.data
+        if unknown := set(data) - TOKEN_FIELDS:
+            return Response({field: "Unknown field." for field in sorted(unknown)}, status=400)
+        email, password = data.get("email"), data.get("password")
         user = None
         if isinstance(email, str) and isinstance(password, str):
             user = authenticate(request._request, username=email, password=password)
@@ -97,7 +113,17 @@ class TokenView(APIView):
                 status=status.HTTP_401_UNAUTHORIZED,
                 headers={"WWW-Authenticate": 'Basic realm="api"'},
             )
-        clear, token = services.create_api_token(user)
+        try:
+            clear, token = members.create_token(
+                user,
+                name=data.get("name", ""),
+                connector_id=data.get("connector"),
+                role=data.get("role"),
+                ttl=data.get("ttl"),
+                ip=request.META.get("REMOTE_ADDR"),
+            )
+        except members.MemberError as exc:
+            return Response({exc.field: exc.message}, status=exc.status)
         return Response({"token": clear, "expires": token.expires_at}, status=201)
 
     @extend_schema(request=None, responses={204: None})
@@ -107,17 +133,19 @@ class TokenView(APIView):
                 {"detail": "Call this with the token to revoke (Authorization: token …)."},
                 status=400,
             )
-        services.revoke_api_token(request.auth)
+        members.revoke_token(request.auth, ip=request.META.get("REMOTE_ADDR"))
         return Response(status=204)
 
 
 class ConnectorListView(APIView):
     @extend_schema(responses={200: inline_serializer("ConnectorList", CONNECTOR_FIELDS, many=True)})
     def get(self, request: Request) -> Response:
-        return Response([connector_json(c) for c in Connector.objects.for_user(request.user)])
+        return Response([connector_json(c) for c in access.visible_connectors(request)])
 
     @extend_schema(request=NameIn, responses={201: ConnectorOut})
     def post(self, request: Request) -> Response:
+        if not access.may_create_connectors(request):
+            raise PermissionDenied("A token scoped to one connector cannot create connectors.")
         if errors := name_body_errors(request.data):
             return Response(errors, status=400)
         form = ConnectorNameForm(data=request.data)
@@ -130,11 +158,11 @@ class ConnectorListView(APIView):
 class ConnectorDetailView(APIView):
     @extend_schema(responses={200: ConnectorOut})
     def get(self, request: Request, connector_id: str) -> Response:
-        return Response(connector_json(user_connector(request, connector_id)))
+        return Response(connector_json(access.connector_for(request, connector_id)))
 
     @extend_schema(request=NameIn, responses={200: ConnectorOut})
     def patch(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, Role.ADMIN)
         if errors := name_body_errors(request.data):
             return Response(errors, status=400)
         form = ConnectorNameForm(data=request.data, instance=connector)
@@ -145,7 +173,8 @@ class ConnectorDetailView(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, connector_id: str) -> Response:
-        services.delete_connector(user_connector(request, connector_id), request.user)
+        connector = access.connector_for(request, connector_id, Role.OWNER)
+        services.delete_connector(connector, request.user)
         return Response(status=204)
 
 
@@ -154,7 +183,8 @@ class SettingsView(APIView):
 
     @extend_schema(responses={200: OpenApiResponse(ref("Settings"), "Settings JSON (SPEC.md §5)")})
     def get(self, request: Request, connector_id: str) -> Response:
-        return Response(settings_to_json(user_connector(request, connector_id)))
+        connector = access.connector_for(request, connector_id)
+        return Response(settings_to_json(connector, full=connector.can.administer))
 
     @extend_schema(
         request={"application/json": ref("SettingsPatch")},
@@ -164,7 +194,7 @@ class SettingsView(APIView):
         },
     )
     def patch(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, Role.ADMIN)
         form, errors = form_from_patch(connector, request.data)
         if form is not None and not form.is_valid():
             errors = form_errors_to_json(form)
@@ -189,7 +219,7 @@ class LogsView(APIView):
         responses={200: ref("EventPage")},
     )
     def get(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id)
         flt, errors = logs.LogFilter.from_params(request.query_params)
         before = request.query_params.get("before", "")
         raw_limit = request.query_params.get("limit", str(logs.DEFAULT_LIMIT))

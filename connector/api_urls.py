@@ -1,13 +1,28 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from connector import api, content_api, subscriptions_api
+from connector import api, content_api, members_api, subscriptions_api
 from devices import api as devices_api
 
 urlpatterns = [
     path("token/", api.TokenView.as_view(), name="api-token"),
     path("connector/", api.ConnectorListView.as_view(), name="api-connector-list"),
     path("connector/<str:connector_id>", api.ConnectorDetailView.as_view(), name="api-connector"),
+    path(
+        "connector/<str:connector_id>/member",
+        members_api.MemberListView.as_view(),
+        name="api-member-list",
+    ),
+    path(
+        "connector/<str:connector_id>/member/<str:email>",
+        members_api.MemberView.as_view(),
+        name="api-member",
+    ),
+    path(
+        "connector/<str:connector_id>/invitation",
+        members_api.InvitationView.as_view(),
+        name="api-invitation",
+    ),
     path("service/<str:connector_id>/device2", api.SettingsView.as_view(), name="api-settings"),
     path(
         "service/<str:connector_id>/device2/identity/",

@@ -14,8 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import content
-from connector.api import user_connector
+from connector import access, content
 from connector.models import Connector, ContentItem
 from connector.openapi import ref
 
@@ -67,7 +66,7 @@ class ItemListView(APIView):
         responses={200: ref("ContentList")},
     )
     def get(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id)
         content.settle_pending(connector)
         full = request.query_params.get("full", "").lower()
         if full not in ("", "true", "false"):
@@ -78,7 +77,7 @@ class ItemListView(APIView):
 
     @extend_schema(operation_id="content_item_delete_all", responses={204: None})
     def delete(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, access.Role.ADMIN)
         content.delete_all(connector, actor=request.user, ip=_ip(request))
         return Response(status=204)
 
@@ -86,7 +85,7 @@ class ItemListView(APIView):
 class ItemView(APIView):
     @extend_schema(operation_id="content_item", responses={200: ref("ContentItem")})
     def get(self, request: Request, connector_id: str, name: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id)
         content.settle_pending(connector)
         try:
             return Response(content.item_json(content.find(connector, name)))
@@ -95,7 +94,7 @@ class ItemView(APIView):
 
     @extend_schema(operation_id="content_item_delete", responses={204: None})
     def delete(self, request: Request, connector_id: str, name: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, access.Role.ADMIN)
         try:
             content.delete_item(connector, name, actor=request.user, ip=_ip(request))
         except content.ContentError as exc:
@@ -116,7 +115,7 @@ class ItemUploadView(APIView):
         responses={200: ref("UploadDescriptor")},
     )
     def get(self, request: Request, connector_id: str, name: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, access.Role.ADMIN)
         q = request.query_params
         try:
             descriptor = content.start_upload(
@@ -142,7 +141,7 @@ class ItemDownloadView(APIView):
         responses={200: ref("DownloadLink")},
     )
     def get(self, request: Request, connector_id: str, name: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id)
         content.settle_pending(connector)
         try:
             item = content.find(connector, name)

@@ -101,7 +101,7 @@ class ConnectorQuerySet(models.QuerySet["Connector"]):
         """Connectors the user belongs to: the only ones they may see or touch."""
         if not user.is_authenticated:
             return self.none()
-        return self.filter(memberships__user=user)
+        return self.filter(memberships__user=user).annotate(my_role=models.F("memberships__role"))
 
 
 class Connector(models.Model):
@@ -185,8 +185,11 @@ class Connector(models.Model):
 
 class Membership(models.Model):
     class Role(models.TextChoices):
+        # Ranked in connector.access, where what each may do is decided.
         OWNER = "owner", "Owner"
-        ADMIN = "admin", "Administrator"
+        ADMIN = "admin", "Admin"
+        OPERATOR = "operator", "Operator"
+        VIEWER = "viewer", "Viewer"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
@@ -230,13 +233,49 @@ class ClientCA(models.Model):
         return ":".join(self.fingerprint[i : i + 2] for i in range(0, 64, 2)).upper()
 
 
+class Invitation(models.Model):
+    """A one-time, expiring invitation to join a connector with a role. Only the token's
+    keyed hash is stored; the link is shown (or emailed) once."""
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=8, choices=Membership.Role)
+    digest = models.CharField(max_length=80, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.email} to {self.connector_id} ({self.role})"
+
+    def is_open(self) -> bool:
+        return (
+            self.accepted_at is None
+            and self.revoked_at is None
+            and self.expires_at > timezone.now()
+        )
+
+
 class ApiToken(models.Model):
-    """A management API token; only its keyed hash is stored. Expires; revocable."""
+    """A management API token; only its keyed hash is stored. Expires; revocable. A scoped
+    token acts on one connector only, with at most `role` there (connector.access)."""
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
     )
     digest = models.CharField(max_length=80, unique=True)
+    name = models.CharField(max_length=100, blank=True, default="")
+    connector = models.ForeignKey(
+        Connector, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    role = models.CharField(max_length=8, choices=Membership.Role, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -278,6 +317,13 @@ class EventType(models.TextChoices):
     CONTENT_UPLOADED = "content_uploaded", "Content uploaded"
     CONTENT_DELETED = "content_deleted", "Content deleted"
     CONTENT_REFUSED = "content_refused", "Upload refused"
+    MEMBER_INVITED = "member_invited", "Member invited"
+    INVITATION_REVOKED = "invitation_revoked", "Invitation revoked"
+    MEMBER_JOINED = "member_joined", "Member joined"
+    MEMBER_ROLE_CHANGED = "member_role_changed", "Role changed"
+    MEMBER_REMOVED = "member_removed", "Member removed"
+    TOKEN_CREATED = "token_created", "API token created"
+    TOKEN_REVOKED = "token_revoked", "API token revoked"
 
 
 class Event(models.Model):

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
-from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from connector import events, keys
 from connector.models import (
-    ApiToken,
     ClientCA,
     Connector,
     EventType,
@@ -227,18 +223,3 @@ def set_resource(connector: Connector, user: User, alias: str, definition: dict 
             payload={"resource": alias, "definition": definition},
         )
     connector.refresh_from_db()
-
-
-def create_api_token(user: User) -> tuple[str, ApiToken]:
-    """A new management API token; the clear value is returned once and never stored."""
-    clear = keys.new_token(40)
-    token = ApiToken.objects.create(
-        user=user,
-        digest=keys.keyed_hash(clear),
-        expires_at=timezone.now() + dt.timedelta(days=settings.API_TOKEN_LIFETIME_DAYS),
-    )
-    return clear, token
-
-
-def revoke_api_token(token: ApiToken) -> None:
-    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

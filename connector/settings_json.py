@@ -43,7 +43,8 @@ FIELD_TO_PATH["client_ca_remove"] = "pki.client_ca"
 READ_ONLY = {"fqdn", "events"}
 
 
-def settings_to_json(connector: Connector) -> dict[str, Any]:
+def settings_to_json(connector: Connector, full: bool = True) -> dict[str, Any]:
+    """`full=False` (a viewer): no vendor options and no event destinations."""
     options = connector.vendor_options or {}
     vendor_options: dict[str, Any] = {}
     if connector.vendor_name == "digicert":
@@ -54,7 +55,9 @@ def settings_to_json(connector: Connector) -> dict[str, Any]:
         }
     elif connector.vendor_name == "local":
         vendor_options = {"ca_certificate": connector.signer_ca_pem or None}
-    return {
+    if not full:
+        vendor_options = {}
+    found = {
         "fqdn": connector.fqdn,
         "protocol": {"name": connector.protocol_name, "devmode": connector.devmode},
         "provisioning": {
@@ -78,8 +81,10 @@ def settings_to_json(connector: Connector) -> dict[str, Any]:
             "vendor": {"name": connector.vendor_name or None, "options": vendor_options},
         },
         "resources": connector.resources,
-        "events": subscriptions.settings_summary(connector),
     }
+    if full:
+        found["events"] = subscriptions.settings_summary(connector)
+    return found
 
 
 def _flatten(data: dict, prefix: str, out: dict[str, Any], errors: dict[str, str]) -> None:

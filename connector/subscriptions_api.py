@@ -10,14 +10,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import logs, safeinput, subscriptions
-from connector.api import user_connector
+from connector import access, logs, safeinput, subscriptions
 from connector.models import DeadLetter, Subscription
 from connector.openapi import ref
 
 
 def _subscription(request: Request, connector_id: str, subscription_id: str) -> Subscription:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, access.Role.ADMIN)
     return get_object_or_404(Subscription, connector=connector, pk=subscription_id)
 
 
@@ -32,7 +31,7 @@ def _invalid(exc: subscriptions.InvalidSubscription) -> Response:
 class SubscriptionListView(APIView):
     @extend_schema(operation_id="subscription_list", responses={200: ref("SubscriptionList")})
     def get(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, access.Role.ADMIN)
         found = Subscription.objects.filter(connector=connector)
         return Response([subscriptions.as_json(s) for s in found])
 
@@ -41,7 +40,7 @@ class SubscriptionListView(APIView):
         responses={201: OpenApiResponse(ref("SubscriptionCreated"), "the secret, shown once")},
     )
     def post(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, access.Role.ADMIN)
         try:
             subscription, secret = subscriptions.create(
                 connector,

@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -14,15 +15,24 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
-from connector import content, content_api, logs, outbox, safeinput, services, signin, subscriptions
+from connector import (
+    access,
+    content,
+    content_api,
+    logs,
+    members,
+    members_api,
+    outbox,
+    safeinput,
+    services,
+    signin,
+    subscriptions,
+)
 from connector.forms import ConnectorNameForm, SettingsForm, SignInForm, SignUpForm
 from connector.models import Connector, EventType
 from devices.forms import ResourceForm
 
-
-def user_connector(request: HttpRequest, connector_id: str) -> Connector:
-    """The connector if the signed-in user belongs to it; 404 otherwise."""
-    return get_object_or_404(Connector.objects.for_user(request.user), pk=connector_id)
+Role = access.Role
 
 
 class SignInView(auth_views.LoginView):
@@ -44,24 +54,50 @@ class SignInView(auth_views.LoginView):
 
 
 def signup(request: HttpRequest) -> HttpResponse:
-    """Create an account. The answer is the same whether or not the address had one (a new
-    account is created only if not), so the page cannot be used to find who has an
-    account: either way, the next step is signing in with the password just chosen."""
+    """Create an account, as `SIGNUP` allows (members.signup_mode).
+
+    Without an invitation the answer is the same whether or not the address had an account
+    (a new one is created only if not), so the page cannot be used to find who has one:
+    either way, the next step is signing in. With an invitation (`?invitation=<token>`) the
+    address is the invited one; the new account is signed in and joins at once."""
     if request.user.is_authenticated:
         return redirect("connector-list")
-    form = SignUpForm(request.POST or None)
+    token = request.GET.get("invitation", "")
+    invited = members.find_invitation(token) if token else None
+    mode = members.signup_mode()
+    if mode == "closed" or (mode == "invite" and invited is None):
+        context = {"refused": mode, "bad_invitation": bool(token) and invited is None}
+        return render(request, "registration/signup.html", context, status=403)
+    data = request.POST.copy() if request.method == "POST" else None
+    if data is not None and invited is not None:
+        data["email"] = invited.email  # the invited address, whatever was sent
+    form = SignUpForm(data, initial={"email": invited.email if invited else ""})
+    if invited is not None:
+        form.fields["email"].disabled = True
+    context = {"form": form, "invitation": invited}
     if request.method == "POST":
         if (retry := signin.signup_refused(request.META.get("REMOTE_ADDR", ""))) is not None:
-            context = {"form": SignUpForm(), "throttled": signin.signup_message(retry)}
+            context.update(form=SignUpForm(), throttled=signin.signup_message(retry))
             response = render(request, "registration/signup.html", context, status=429)
             response["Retry-After"] = str(retry)
             return response
         if form.is_valid():
             email = form.cleaned_data["email"]
-            services.sign_up(email, form.cleaned_data["password1"])
-            messages.success(request, "Your account is ready: sign in with the password you chose.")
-            return redirect(f"{reverse('login')}?{urlencode({'email': email})}")
-    return render(request, "registration/signup.html", {"form": form})
+            user = services.sign_up(email, form.cleaned_data["password1"])
+            if invited is None:
+                messages.success(
+                    request, "Your account is ready: sign in with the password you chose."
+                )
+                return redirect(f"{reverse('login')}?{urlencode({'email': email})}")
+            next_url = reverse("invitation", args=[token])
+            if user is None:  # the invited address has an account: sign in to accept
+                messages.info(request, f"{email} has an account already: sign in to accept.")
+                return redirect(
+                    f"{reverse('login')}?{urlencode({'email': email, 'next': next_url})}"
+                )
+            login(request, user, backend="connector.auth.EmailBackend")
+            return invitation(request, token)
+    return render(request, "registration/signup.html", context)
 
 
 @login_required
@@ -82,7 +118,7 @@ def _tab(request, connector: Connector, tab: str, template: str, status: int = 2
 
 @login_required
 def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, change=Role.ADMIN)
     form = SettingsForm(request.POST or None, connector=connector)
     if request.method == "POST":
         if form.is_valid():
@@ -99,7 +135,9 @@ def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
         subscriptions=[
             subscriptions.as_json(found) | {"dead": subscriptions.recent_dead_letters(found)}
             for found in connector.subscriptions.all()
-        ],
+        ]
+        if connector.can.administer
+        else [],
         event_types=outbox.TYPES,
         status=400 if form.errors else 200,
     )
@@ -113,7 +151,7 @@ def _events_section(connector: Connector) -> HttpResponse:
 @require_POST
 def subscription_create(request: HttpRequest, connector_id: str) -> HttpResponse:
     """The Settings tab's Events section: a webhook subscription; its secret shown once."""
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.ADMIN)
     batch = request.POST.get("batch", "1").strip() or "1"
     data: dict = {
         "types": request.POST.getlist("types"),
@@ -151,7 +189,7 @@ def subscription_create(request: HttpRequest, connector_id: str) -> HttpResponse
 
 
 def _subscription(request: HttpRequest, connector_id: str, subscription_id: str):
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.ADMIN)
     return connector, get_object_or_404(connector.subscriptions, pk=subscription_id)
 
 
@@ -226,7 +264,7 @@ def subscription_delete(request: HttpRequest, connector_id: str, subscription_id
 @login_required
 @require_POST
 def connector_rename(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.ADMIN)
     form = ConnectorNameForm(request.POST)
     if form.is_valid():
         services.rename_connector(connector, request.user, form.cleaned_data["name"])
@@ -238,7 +276,7 @@ def connector_rename(request: HttpRequest, connector_id: str) -> HttpResponse:
 
 @login_required
 def connector_delete(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.OWNER)
     if request.method == "POST":
         name = connector.name
         services.delete_connector(connector, request.user)
@@ -249,7 +287,7 @@ def connector_delete(request: HttpRequest, connector_id: str) -> HttpResponse:
 
 @login_required
 def connector_resources(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, change=Role.ADMIN)
     form = ResourceForm(request.POST or None)
     if request.method == "POST":
         if "delete" in request.POST:
@@ -274,7 +312,7 @@ def connector_resources(request: HttpRequest, connector_id: str) -> HttpResponse
 
 @login_required
 def connector_logs(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id)
     flt, errors = logs.LogFilter.from_params(request.GET)
     before = request.GET.get("before", "")
     events, more = [], False
@@ -304,7 +342,7 @@ def connector_logs_feed(request: HttpRequest, connector_id: str) -> HttpResponse
     """Rows newer than `after`, for the live Logs tab (short polling of a partial)."""
     if not request.user.is_authenticated:  # a script asks: no redirect to the sign-in page
         return HttpResponse("signed out", status=403, content_type="text/plain")
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id)
     flt, errors = logs.LogFilter.from_params(request.GET)
     after = safeinput.number_or_none(request.GET.get("after", ""))
     if errors or after is None:
@@ -324,7 +362,7 @@ def connector_content(request: HttpRequest, connector_id: str) -> HttpResponse:
     """The content area: items with their size, sha256, uploader and downloads, the quota,
     an upload form. With JavaScript the page uploads through a descriptor (straight to the
     store on S3) with a progress bar; without, this view takes the file itself."""
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id)
     return _content_page(request, connector)
 
 
@@ -352,7 +390,7 @@ def _content_page(request, connector: Connector, status: int = 200, error: str =
 @login_required
 def content_upload_form(request: HttpRequest, connector_id: str) -> HttpResponse:
     """The upload form without JavaScript: the file in this request, hashed as it is read."""
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.ADMIN)
     if request.method != "POST":
         return redirect("connector-content", connector_id=connector_id)
     handler = content.UploadHandler(settings.CONTENT_MAX_BYTES)
@@ -388,7 +426,7 @@ def _take_upload(request, connector: Connector, handler) -> HttpResponse:
 @require_POST
 def content_descriptor(request: HttpRequest, connector_id: str) -> JsonResponse:
     """For the page's script: an upload descriptor, as the management API gives one."""
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.ADMIN)
     try:
         descriptor = content.start_upload(
             connector,
@@ -407,10 +445,197 @@ def content_descriptor(request: HttpRequest, connector_id: str) -> JsonResponse:
 
 @login_required
 def content_delete(request: HttpRequest, connector_id: str, name: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.ADMIN)
     item = get_object_or_404(content.items(connector), name=name)
     if request.method == "POST":
         content.delete_item(connector, name, actor=request.user, ip=request.META.get("REMOTE_ADDR"))
         messages.success(request, f"{name} deleted.")
         return redirect("connector-content", connector_id=connector.id)
     return _tab(request, connector, "content", "connector/content_delete.html", item=item)
+
+
+# --- Members tab, invitations, API tokens -----------------------------------------------------
+
+
+def _ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+@login_required
+def connector_members(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = access.connector_for(request, connector_id)
+    return _members_page(request, connector)
+
+
+def _members_page(request, connector: Connector, status: int = 200, **extra) -> HttpResponse:
+    return _tab(
+        request,
+        connector,
+        "members",
+        "connector/members.html",
+        status=status,
+        members=members.members(connector),
+        invitations=members.open_invitations(connector) if connector.can.own else [],
+        roles=[(role, role.label, access.DESCRIPTIONS[role]) for role in access.ROLES],
+        owners=sum(1 for m in members.members(connector) if m.role == Role.OWNER),
+        **extra,
+    )
+
+
+@login_required
+@require_POST
+def member_invite(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = access.connector_for(request, connector_id, Role.OWNER)
+    try:
+        invited = members.invite(
+            connector,
+            request.user,
+            request.POST.get("email", ""),
+            request.POST.get("role", ""),
+            link_for=members_api.link_maker(request),
+            ip=_ip(request),
+        )
+    except members.MemberError as exc:
+        return _members_page(
+            request,
+            connector,
+            status=exc.status if exc.status < 500 else 400,
+            invite_error={exc.field: exc.message},
+            invite_values=request.POST,
+        )
+    if invited.emailed:
+        messages.success(request, f"Invitation sent to {invited.invitation.email}.")
+        return redirect("connector-members", connector_id=connector.id)
+    # No email backend: the link is shown this once (only its hash is stored).
+    return _members_page(
+        request,
+        connector,
+        status=201,
+        new_link=members_api.link_maker(request)(invited.token),
+        new_invitation=invited.invitation,
+    )
+
+
+def _member(connector: Connector, member_id: int):
+    return get_object_or_404(connector.memberships.select_related("user"), pk=member_id)
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, connector_id: str, member_id: int) -> HttpResponse:
+    connector = access.connector_for(request, connector_id, Role.OWNER)
+    target = _member(connector, member_id)
+    try:
+        members.change_role(
+            connector, request.user, target.user.email, request.POST.get("role"), ip=_ip(request)
+        )
+        messages.success(request, f"{target.user.email} is now {request.POST.get('role')}.")
+    except members.MemberError as exc:
+        messages.error(request, exc.message)
+    return redirect("connector-members", connector_id=connector.id)
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, connector_id: str, member_id: int) -> HttpResponse:
+    connector = access.connector_for(request, connector_id, Role.OWNER)
+    target = _member(connector, member_id)
+    try:
+        members.remove(connector, request.user, target.user.email, ip=_ip(request))
+    except members.MemberError as exc:
+        messages.error(request, exc.message)
+        return redirect("connector-members", connector_id=connector.id)
+    if target.user_id == request.user.pk:
+        messages.success(request, f"You left “{connector.name}”.")
+        return redirect("connector-list")
+    messages.success(request, f"{target.user.email} removed.")
+    return redirect("connector-members", connector_id=connector.id)
+
+
+@login_required
+@require_POST
+def member_leave(request: HttpRequest, connector_id: str) -> HttpResponse:
+    connector = access.connector_for(request, connector_id)
+    try:
+        members.remove(connector, request.user, request.user.email, ip=_ip(request))
+    except members.MemberError as exc:
+        messages.error(request, exc.message)
+        return redirect("connector-members", connector_id=connector.id)
+    messages.success(request, f"You left “{connector.name}”.")
+    return redirect("connector-list")
+
+
+@login_required
+@require_POST
+def invitation_revoke(request: HttpRequest, connector_id: str, invitation_id: int):
+    connector = access.connector_for(request, connector_id, Role.OWNER)
+    try:
+        members.revoke_invitation(connector, request.user, invitation_id, ip=_ip(request))
+        messages.success(request, "Invitation revoked: its link no longer works.")
+    except members.MemberError as exc:
+        messages.error(request, exc.message)
+    return redirect("connector-members", connector_id=connector.id)
+
+
+def invitation(request: HttpRequest, token: str) -> HttpResponse:
+    """An invitation link: who invites whom to what; accepting needs the invited account."""
+    found = members.find_invitation(token)
+    if found is None:
+        return render(request, "connector/invitation.html", {"invalid": True}, status=404)
+    context = {"invitation": found, "token": token, "signup": members.signup_mode() != "closed"}
+    if request.method == "POST" and request.user.is_authenticated:
+        try:
+            members.accept(token, request.user, ip=_ip(request))
+        except members.MemberError as exc:
+            context["error"] = exc.message
+            return render(request, "connector/invitation.html", context, status=exc.status)
+        messages.success(
+            request, f"You joined “{found.connector.name}” as {found.get_role_display()}."
+        )
+        return redirect("connector-settings", connector_id=found.connector_id)
+    if request.method == "POST":
+        return redirect(f"{reverse('login')}?{urlencode({'next': request.path})}")
+    return render(request, "connector/invitation.html", context)
+
+
+@login_required
+def token_list(request: HttpRequest) -> HttpResponse:
+    """The account's management API tokens: create one (scoped or not), see, revoke."""
+    context: dict = {
+        "connectors": Connector.objects.for_user(request.user).order_by("name"),
+        "roles": access.ROLES,
+        "max_days": settings.API_TOKEN_LIFETIME_DAYS,
+    }
+    status = 200
+    if request.method == "POST":
+        days = request.POST.get("days", "").strip()
+        ttl = int(days) * 86400 if days.isascii() and days.isdigit() and len(days) < 6 else days
+        try:
+            clear, token = members.create_token(
+                request.user,
+                name=request.POST.get("name", ""),
+                connector_id=request.POST.get("connector") or None,
+                role=request.POST.get("role") or None,
+                ttl=ttl or None,
+                ip=_ip(request),
+            )
+            context.update(new_token=clear, new=token)
+            status = 201
+        except members.MemberError as exc:
+            error = {exc.field: exc.message}
+            if exc.field == "ttl":
+                max_days = settings.API_TOKEN_LIFETIME_DAYS
+                error = {"days": f"Give the lifetime in whole days, 1 to {max_days}."}
+            context.update(error=error, values=request.POST)
+            status = 400
+    context["tokens"] = members.user_tokens(request.user)
+    return render(request, "connector/tokens.html", context, status=status)
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = get_object_or_404(request.user.api_tokens, pk=token_id)
+    if members.revoke_token(token, ip=_ip(request)):
+        messages.success(request, f"Token {token.name or token.pk} revoked.")
+    return redirect("token-list")

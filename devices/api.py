@@ -9,8 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from connector import safeinput
-from connector.api import user_connector
+from connector import access, safeinput
 from connector.models import now_us
 from connector.openapi import ref
 from devices import listing, services
@@ -22,8 +21,11 @@ from provisioning.digicert import SignerError
 TRUE = {"1", "true", "yes", "on"}
 
 
-def _device(request: Request, connector_id: str, identity: str) -> Device:
-    connector = user_connector(request, connector_id)
+Role = access.Role
+
+
+def _device(request: Request, connector_id: str, identity: str, need: str = Role.VIEWER) -> Device:
+    connector = access.connector_for(request, connector_id, need)
     return get_object_or_404(
         listing.with_details(Device.objects.select_related("connector")),
         connector=connector,
@@ -70,7 +72,7 @@ class IdentityListView(APIView):
         responses={200: ref("IdentityPage")},
     )
     def get(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id)
         flt, errors = listing.DeviceFilter.from_params(request.query_params, tag_param=True)
         raw_limit = request.query_params.get("limit", str(listing.DEFAULT_LIMIT))
         limit = safeinput.number_or_none(raw_limit, low=1, high=listing.MAX_LIMIT)
@@ -106,7 +108,7 @@ class IdentityView(APIView):
         },
     )
     def put(self, request: Request, connector_id: str, identity: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, Role.OPERATOR)
         data, errors = _object(request.data, {"auth": dict, "locked": bool, "tags": list})
         auth = data.get("auth") or {}
         if isinstance(auth, dict):
@@ -170,7 +172,7 @@ class IdentityView(APIView):
 
     @extend_schema(request={"application/json": ref("IdentityPatch")}, responses={204: None})
     def patch(self, request: Request, connector_id: str, identity: str) -> Response:
-        device = _device(request, connector_id, identity)
+        device = _device(request, connector_id, identity, Role.OPERATOR)
         data, errors = _object(
             request.data, {"auth": dict, "locked": bool, "tags": list, "reprovision": bool}
         )
@@ -200,7 +202,7 @@ class IdentityView(APIView):
 
     @extend_schema(responses={205: None})
     def delete(self, request: Request, connector_id: str, identity: str) -> Response:
-        device = _device(request, connector_id, identity)
+        device = _device(request, connector_id, identity, Role.ADMIN)
         services.delete_devices(
             device.connector, Device.objects.filter(pk=device.pk), actor=request.user
         )
@@ -227,7 +229,7 @@ class IdentityImportView(APIView):
         },
     )
     def post(self, request: Request, connector_id: str) -> Response:
-        connector = user_connector(request, connector_id)
+        connector = access.connector_for(request, connector_id, Role.OPERATOR)
         upload = request.FILES.get("identities")
         if upload is None:
             return Response(
@@ -263,7 +265,7 @@ class IdentityStateView(APIView):
 
     @extend_schema(request={"application/json": ref("StatePatch")}, responses={204: None})
     def patch(self, request: Request, connector_id: str, identity: str) -> Response:
-        device = _device(request, connector_id, identity)
+        device = _device(request, connector_id, identity, Role.OPERATOR)
         if not isinstance(request.data, dict):
             return Response({"non_field_errors": "Send a JSON object of alias: value."}, status=400)
         try:

@@ -12,14 +12,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from connector import access
 from connector.identity import identity_error
 from connector.models import Connector, Event, now_us
-from connector.views import user_connector
 from devices import listing, services, staging
 from devices.forms import AddDeviceForm, ImportForm, TagsForm, tags_text
 from devices.importer import HEADER_HELP, escape_cell, import_identities
 from devices.models import Device, DeviceSession, Status
 from provisioning.mqtt import device as mqtt_sessions
+
+Role = access.Role
 
 
 def _render(request, connector: Connector, template: str, status: int = 200, **context):
@@ -29,7 +31,7 @@ def _render(request, connector: Connector, template: str, status: int = 200, **c
 
 @login_required
 def device_list(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id)
     flt, errors = listing.DeviceFilter.from_params(request.GET, tag_param=False)
     now = now_us()
     rows, more_after, more_before = [], False, False
@@ -57,10 +59,15 @@ def device_list(request: HttpRequest, connector_id: str) -> HttpResponse:
     )
 
 
+def _bulk_need(request: HttpRequest) -> str:
+    """Locking is an operator's; deleting, an admin's."""
+    return Role.ADMIN if request.POST.get("action") == "delete" else Role.OPERATOR
+
+
 @login_required
 @require_POST
 def device_bulk(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, _bulk_need(request))
     identities = request.POST.getlist("identity")
     action = request.POST.get("action")
     back = redirect(reverse("device-list", args=[connector.id]) + _return_query(request))
@@ -106,7 +113,7 @@ class _Echo:
 @require_GET
 def device_export(request: HttpRequest, connector_id: str) -> HttpResponse:
     """The filtered list as CSV in the import format, streamed in keyset pages."""
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id)
     flt, errors = listing.DeviceFilter.from_params(request.GET, tag_param=False)
     if errors:
         return HttpResponse("; ".join(errors.values()), status=400, content_type="text/plain")
@@ -142,7 +149,7 @@ def _json(value) -> str:
 
 @login_required
 def device_add(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.OPERATOR)
     form = AddDeviceForm(
         request.POST or None, initial={"activation_hours": connector.activation_period_hours}
     )
@@ -219,7 +226,7 @@ def _add_with_csr(request: HttpRequest, connector: Connector, form: AddDeviceFor
 @require_GET
 def identity_check(request: HttpRequest, connector_id: str) -> JsonResponse:
     """As-you-type check of an identity against the connector's format (same function)."""
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.OPERATOR)
     identity = request.GET.get("identity", "")
     reason = identity_error(identity, connector.identity_format)
     exists = (
@@ -235,7 +242,7 @@ def identity_check(request: HttpRequest, connector_id: str) -> JsonResponse:
 
 @login_required
 def device_import(request: HttpRequest, connector_id: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.OPERATOR)
     if request.method == "POST" and "token" in request.POST:
         return _import_confirmed(request, connector)
     form = ImportForm(request.POST or None, request.FILES or None)
@@ -297,7 +304,7 @@ def _device(request: HttpRequest, connector: Connector, identity: str) -> Device
 
 @login_required
 def device_detail(request: HttpRequest, connector_id: str, identity: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, change=Role.OPERATOR)
     device = _device(request, connector, identity)
     tags_form = TagsForm(initial={"tags": tags_text(device.tag_list)})
     if request.method == "POST":
@@ -349,7 +356,7 @@ def device_detail(request: HttpRequest, connector_id: str, identity: str) -> Htt
 
 @login_required
 def device_delete(request: HttpRequest, connector_id: str, identity: str) -> HttpResponse:
-    connector = user_connector(request, connector_id)
+    connector = access.connector_for(request, connector_id, Role.ADMIN)
     device = _device(request, connector, identity)
     if request.method == "POST":
         services.delete_devices(connector, Device.objects.filter(pk=device.pk), actor=request.user)

@@ -404,6 +404,21 @@ SIGNUP_LIMIT_PER_HOUR = env.int("SIGNUP_LIMIT_PER_HOUR", default=10)
 
 API_TOKEN_LIFETIME_DAYS = env.int("API_TOKEN_LIFETIME_DAYS", default=30)
 
+# Who may create an account: `open` (anyone), `invite` (only with an invitation, for its
+# address), `closed` (nobody; `manage.py createsuperuser` still works). Unset: open until the
+# first account exists, then invite, so a public server does not hand out accounts.
+SIGNUP = env.str("SIGNUP", default="")
+if SIGNUP not in ("", "open", "invite", "closed"):
+    raise ImproperlyConfigured("SIGNUP must be open, invite or closed.")
+# Invitations to a connector: links valid this long, used once.
+INVITATION_TTL_HOURS = env.int("INVITATION_TTL_HOURS", default=7 * 24)
+# Email (invitations): EMAIL_URL such as smtp+tls://user:password@mail.example.com:587;
+# unset, nothing is sent and the Members page shows each invitation link once to copy.
+EMAIL_CONFIGURED = bool(env.str("EMAIL_URL", default=""))
+if EMAIL_CONFIGURED:
+    vars().update(env.email_url("EMAIL_URL"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="iot-connector@localhost")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "connector.auth.BasicAuthentication",

@@ -87,6 +87,9 @@ def _fast_test_settings(settings):
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
     settings.EVENTS_RELAY = "off"  # tests/test_events.py starts servers that relay
+    # Sign-up tests use fixtures' accounts beside new ones; tests/test_members.py checks the
+    # shipped default (invitation only once an account exists) and the other modes.
+    settings.SIGNUP = "open"
     settings.EVENTS_ALLOW_PRIVATE_URLS = True  # the receivers are on loopback
     # Each test's database starts empty: no sign-in address is remembered as written.
     signin._recorded.clear()

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from connector import content as content_area
 from connector import services, subscriptions
-from connector.models import User
+from connector.models import Membership, User
 from devices import services as device_services
 from tests.conftest import PASSWORD, basic, define
 
@@ -72,6 +72,8 @@ def line(live_server, transactional_db, settings):
     settings.SIGNIN_ADDRESS_FAILURE_LIMIT = 10**9
     user = User.objects.create_user("fuzz@example.com", PASSWORD)
     connector = services.create_connector(user, "Fuzzed line")
+    colleague = User.objects.create_user("colleague@example.com", PASSWORD)
+    Membership.objects.create(user=colleague, connector=connector, role=Membership.Role.VIEWER)
     define(connector, "temp", setpoint={"format": "number", "settable": True})
     device_services.whitelist_device(connector, "00000001")
     # A subscription to a closed port: its test sends get an answer, none is delivered.
@@ -105,6 +107,7 @@ def test_every_operation_answers_as_described_and_never_5xx(line, method, path, 
         "identity": identity,
         "subscription_id": subscription.pk,
         "name": "fw.bin",
+        "email": "colleague@example.com",
     }
     names = re.findall(r"{(\w+)}", path)
     strategy = SCHEMA[path][method].as_strategy(
