@@ -610,13 +610,14 @@ def token_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         days = request.POST.get("days", "").strip()
         ttl = int(days) * 86400 if days.isascii() and days.isdigit() and len(days) < 6 else days
+        ttl = None if days == "" else ttl
         try:
             clear, token = members.create_token(
                 request.user,
                 name=request.POST.get("name", ""),
                 connector_id=request.POST.get("connector") or None,
                 role=request.POST.get("role") or None,
-                ttl=ttl or None,
+                ttl=ttl,
                 ip=_ip(request),
             )
             context.update(new_token=clear, new=token)
