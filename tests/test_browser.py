@@ -365,3 +365,58 @@ def test_content_tab_uploads_with_progress_and_deletes(page, tmp_path):
     page.get_by_role("button", name="Delete fw-3.1.bin").click()
     expect(page.get_by_text("No content yet.")).to_be_visible()
     assert ContentItem.objects.count() == 0
+
+
+def test_invite_accept_as_a_new_user_and_a_viewer_cannot_save_settings(page, settings):
+    from connector.services import create_connector
+
+    settings.SIGNUP = "invite"  # the shipped default once an account exists
+    owner = User.objects.create_user("owner@example.com", "a long factory passphrase")
+    connector = create_connector(owner, "Line 7")
+    sign_in(page, "owner@example.com")
+    page.goto(f"/c/{connector.id}/members/")
+    page.get_by_label("Email").fill("support@example.com")
+    page.get_by_label("Role", exact=True).select_option("viewer")
+    page.get_by_role("button", name="Invite").click()
+    link = page.locator("#invitation-link").input_value()
+    assert "/invitation/" in link
+    expect(page.locator("[data-invitation='support@example.com']")).to_contain_text("Viewer")
+    page.get_by_role("button", name="Sign out").click()
+
+    page.goto(link)
+    expect(page.get_by_role("heading", name="Join “Line 7”")).to_be_visible()
+    page.get_by_role("link", name="Create an account for support@example.com").click()
+    expect(page.get_by_label("Email")).to_have_value("support@example.com")
+    expect(page.get_by_label("Email")).to_be_disabled()
+    page.get_by_label("Password", exact=True).fill("another long passphrase")
+    page.get_by_label("Password again").fill("another long passphrase")
+    page.get_by_role("button", name="Sign up and join").click()
+
+    page.wait_for_url(f"**/c/{connector.id}/")
+    expect(page.locator("#my-role")).to_have_text("viewer")
+    tabs = page.get_by_role("navigation", name="Connector").get_by_role("link")
+    expect(tabs).to_have_text(["Settings", "Devices", "Resources", "Content", "Logs", "Members"])
+    # Settings are readable, not changeable: no Save, the controls disabled, no vendor keys.
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.get_by_role("button", name="Save")).to_have_count(0)
+    expect(page.get_by_label("Enable provisioning")).to_be_disabled()
+    expect(page.get_by_role("heading", name="Events")).to_have_count(0)
+    # The server is the boundary: the page's own form posted anyway is refused.
+    status = page.evaluate(
+        """async () => {
+          const form = document.querySelector('form.settings');
+          const body = new URLSearchParams(new FormData(form));
+          body.set('devmode', 'on');
+          const answer = await fetch(location.pathname, {method: 'POST', body});
+          return answer.status;
+        }"""
+    )
+    assert status == 403
+    connector.refresh_from_db()
+    assert connector.devmode is False
+    page.get_by_role("link", name="Devices").click()
+    expect(page.get_by_text("No devices yet.")).to_be_visible()
+    expect(page.locator("summary", has_text="New device")).to_have_count(0)
+    page.get_by_role("link", name="Members").click()
+    expect(page.locator("[data-member='support@example.com']")).to_contain_text("Viewer")
+    expect(page.get_by_role("button", name="Invite")).to_have_count(0)
