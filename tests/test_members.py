@@ -441,3 +441,50 @@ def test_connector_list_shows_each_role(alice, bob, connector, bobs_connector):
     page = client.get("/").content.decode()
     assert 'class="badge role-owner">owner' in page
     assert 'class="badge role-operator">operator' in page
+
+
+def test_factory_cli_makes_a_scoped_token_and_whitelists_with_it(live_server, transactional_db):
+    """scripts/iot-device token, then enable and import with IOT_TOKEN and no password."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    user = User.objects.create_user("factory@example.com", PASSWORD)
+    connector = services.create_connector(user, "Line")
+    other = services.create_connector(user, "Other")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "iot-device"
+    base_env = {"IOT_URL": live_server.url, "IOT_CONNECTOR": connector.id, "PATH": "/usr/bin:/bin"}
+
+    def run(*argv, **env):
+        return subprocess.run(
+            [sys.executable, str(script), *argv],
+            capture_output=True,
+            text=True,
+            env={**base_env, **env},
+            timeout=60,
+        )
+
+    made = run(
+        "token", "--name", "line 2", "--days", "3", IOT_EMAIL=user.email, IOT_PASSWORD=PASSWORD
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    token = made.stdout.strip()
+    stored = ApiToken.objects.get(user=user)
+    assert (stored.name, stored.connector_id, stored.role) == ("line 2", connector.id, "operator")
+    enabled = run("enable", "00000042", IOT_TOKEN=token)
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    csv = Path(__file__).resolve().parent / "data" / "identities.csv"
+    imported = run("import", str(csv), IOT_TOKEN=token)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    assert '"created"' in imported.stdout
+    assert Device.objects.filter(connector=connector).count() > 1
+    # The same token on another connector of the same account: 404, nothing whitelisted.
+    elsewhere = run("enable", "00000042", IOT_TOKEN=token, IOT_CONNECTOR=other.id)
+    assert elsewhere.returncode == 1
+    assert not Device.objects.filter(connector=other).exists()
+    # And it cannot change the connector's settings.
+    client = _with_token(token)
+    response = client.patch(
+        f"/api:1/service/{connector.pk}/device2", {"protocol": {"devmode": True}}, format="json"
+    )
+    assert response.status_code == 403
