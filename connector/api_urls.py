@@ -40,6 +40,11 @@ urlpatterns = [
         name="api-identity-state",
     ),
     path(
+        "service/<str:connector_id>/device2/identity/<str:identity>/history",
+        devices_api.IdentityHistoryView.as_view(),
+        name="api-identity-history",
+    ),
+    path(
         "service/<str:connector_id>/device2/identities",
         devices_api.IdentityImportView.as_view(),
         name="api-identity-import",

@@ -244,6 +244,16 @@ COMPONENTS: dict[str, Schema] = {
         "additionalProperties": {"anyOf": [STRING, {"type": "number"}, BOOLEAN]},
         "description": "alias → value, for settable aliases",
     },
+    "History": obj(
+        {
+            "mayLoadMore": BOOLEAN,
+            "points": {
+                "type": "array",
+                "items": obj({"timestamp": INTEGER, "value": STRING}),
+                "description": "newest first; timestamp in µs since the epoch",
+            },
+        }
+    ),
     "ImportReport": obj({"created": INTEGER, "skipped": INTEGER, "updated": INTEGER}),
     "ImportErrors": obj(
         {

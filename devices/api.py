@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from connector import access, safeinput
 from connector.models import now_us
 from connector.openapi import ref
-from devices import listing, services
+from devices import history, listing, services
 from devices.importer import import_identities
 from devices.models import Device, Status
 from devices.serialize import device_json, state_json
@@ -273,3 +273,31 @@ class IdentityStateView(APIView):
         except services.InvalidInput as exc:
             return _invalid(exc)
         return Response(status=204)
+
+
+class IdentityHistoryView(APIView):
+    """`…/identity/<id>/history?alias=&since=&until=&limit=&before=`: the alias's stored
+    values (writes and records), newest first, in keyset pages (`before` = the previous
+    page's oldest timestamp)."""
+
+    @extend_schema(
+        operation_id="identity_history",
+        parameters=[
+            OpenApiParameter("alias", str, required=True),
+            OpenApiParameter("since", str, description="µs since the epoch or ISO (UTC)"),
+            OpenApiParameter("until", str, description="µs since the epoch or ISO (UTC)"),
+            OpenApiParameter("before", str, description="the previous page's oldest timestamp"),
+            OpenApiParameter("limit", int, description=f"1 to {history.MAX_LIMIT}"),
+        ],
+        responses={
+            200: ref("History"),
+            400: OpenApiResponse(ref("FieldErrors"), "a bad parameter, named"),
+        },
+    )
+    def get(self, request: Request, connector_id: str, identity: str) -> Response:
+        device = _device(request, connector_id, identity)
+        try:
+            query = history.parse(request.query_params)
+        except history.HistoryError as exc:
+            return Response(exc.errors, status=400)
+        return Response(history.page(device, query))

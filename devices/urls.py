@@ -11,4 +11,5 @@ urlpatterns = [
     path("import/", views.device_import, name="device-import"),
     path("d/<str:identity>/", views.device_detail, name="device-detail"),
     path("d/<str:identity>/delete/", views.device_delete, name="device-delete"),
+    path("d/<str:identity>/history.csv", views.device_history_csv, name="device-history-csv"),
 ]

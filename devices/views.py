@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from connector import access
 from connector.identity import identity_error
 from connector.models import Connector, Event, now_us
-from devices import listing, services, staging
+from devices import charts, history, listing, services, staging
 from devices.forms import AddDeviceForm, ImportForm, TagsForm, tags_text
 from devices.importer import HEADER_HELP, escape_cell, import_identities
 from devices.models import Device, DeviceSession, Status
@@ -338,20 +338,76 @@ def device_detail(request: HttpRequest, connector_id: str, identity: str) -> Htt
             messages.success(request, "Credential revoked: the device must provision again.")
             return redirect("device-detail", connector_id=connector.id, identity=identity)
     events = Event.objects.filter(connector=connector, identity=identity).order_by("-id")[:50]
+    values = list(device.values.order_by("alias")[:200])
+    chosen, since, until, range_errors = history.chart_range(request.GET)
     return _render(
         request,
         connector,
         "devices/detail.html",
         status=400 if tags_form.errors else 200,
+        history=_history(connector, device, values, since, until),
+        range=chosen,
+        range_choices=[("hour", "Hour"), ("day", "Day"), ("week", "Week"), ("custom", "Custom")],
+        range_errors=range_errors,
+        range_from=request.GET.get("from", ""),
+        range_to=request.GET.get("to", ""),
         device=device,
         status_now=device.status,
         connected_since=mqtt_sessions.connected_sessions([device.pk]).get(device.pk),
         session=DeviceSession.objects.filter(device=device).first(),
         tags_form=tags_form,
         events=events,
-        values=device.values.order_by("alias")[:200],
+        values=values,
         settable=sorted(a for a, d in (connector.resources or {}).items() if d.get("settable")),
     )
+
+
+def _history(connector: Connector, device: Device, values, since: int, until: int) -> list:
+    """Per alias: a chart for numbers, a table for strings and booleans, over the range."""
+    resources = connector.resources or {}
+    latest = {v.alias: v for v in values}
+    found = []
+    for alias in sorted(set(resources) | set(latest)):
+        definition = resources.get(alias, {})
+        points = history.series(device, alias, since, until)
+        entry = {
+            "alias": alias,
+            "unit": definition.get("unit", ""),
+            "settable": bool(definition.get("settable")),
+            "set": latest[alias].set if alias in latest else None,
+            "count": len(points),
+        }
+        if definition.get("format") == "number":
+            entry["chart"] = charts.line_chart(
+                alias, points, since, until, unit=entry["unit"], set_value=entry["set"]
+            )
+        else:
+            entry["rows"] = [(ts, value) for ts, value in reversed(points[-history.TABLE_ROWS :])]
+        found.append(entry)
+    return found
+
+
+@login_required
+def device_history_csv(request: HttpRequest, connector_id: str, identity: str):
+    """The history API's points as CSV (time, µs, value), newest first, streamed."""
+    connector = access.connector_for(request, connector_id)
+    device = _device(request, connector, identity)
+    try:
+        query = history.parse(request.GET)
+    except history.HistoryError as exc:
+        text = "; ".join(f"{field}: {message}" for field, message in exc.errors.items())
+        return HttpResponse(text + "\n", status=400, content_type="text/plain; charset=utf-8")
+    writer = csv.writer(_Echo())
+
+    def lines():
+        yield writer.writerow(("time", "timestamp_us", escape_cell(query.alias)))
+        for iso, ts, value in history.export_rows(device, query):
+            yield writer.writerow((iso, ts, escape_cell(value)))
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    name = f"{device.identity}-{query.alias}.csv".replace('"', "")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
 
 
 @login_required

@@ -379,6 +379,8 @@ EVENTS_OUTBOX_RETENTION_DAYS = env.int("EVENTS_OUTBOX_RETENTION_DAYS", default=7
 
 # Event log retention, applied by `manage.py prune_events` (0 turns a limit off).
 LOG_RETENTION_DAYS = env.int("LOG_RETENTION_DAYS", default=30)
+# Device value history (writes and records) kept by `prune_events` (0: kept forever).
+HISTORY_RETENTION_DAYS = env.int("HISTORY_RETENTION_DAYS", default=90)
 LOG_MAX_ROWS_PER_CONNECTOR = env.int("LOG_MAX_ROWS_PER_CONNECTOR", default=1_000_000)
 
 # DigiCert ONE, the CSR signer a connector may choose (Enterprise PKI Manager REST API).

@@ -20,7 +20,7 @@ from connector import events, outbox
 from connector.models import Connector, Event, EventType, OutboxEvent
 from connector.sql import run as sql_run
 from connector.sql import tables
-from devices.models import AliasValue, Device, DeviceActivity, DeviceAuthType
+from devices.models import AliasValue, DataPoint, Device, DeviceActivity, DeviceAuthType
 from provisioning import connectors, longpoll, ratelimit, rules
 from provisioning.jobs import STORED, UNSTORED, ClaimJob, JobResult, WriteJob
 from provisioning.models import AuthFailure
@@ -104,8 +104,8 @@ def _write_sql() -> str:
     one's values and last seen are kept (an upsert may touch a row only once).
     LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
     plan of the prepared statement."""
-    device, conn, activity, value, event = tables(
-        Device, Connector, DeviceActivity, AliasValue, Event
+    device, conn, activity, value, event, point = tables(
+        Device, Connector, DeviceActivity, AliasValue, Event, DataPoint
     )
     job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
     job += ["device_id::bigint", "summary", "payload", "outbox", "protocol", "connection"]
@@ -142,6 +142,10 @@ def _write_sql() -> str:
         f' "set" = COALESCE(excluded."set", {value}."set"), timestamp = excluded.timestamp'
         " RETURNING device_id, alias), "
         f"notified AS ({longpoll.NOTIFY_STORED}), "
+        # Every written value is history too (devices.history), at the write's time.
+        f"history AS (INSERT INTO {point} (device_id, alias, timestamp, value)"
+        " SELECT ok.id, val.alias, ok.now, val.reported FROM ok JOIN val ON val.n = ok.n"
+        " WHERE val.reported IS NOT NULL ON CONFLICT DO NOTHING), "
         f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
         f" SELECT DISTINCT ON (ok.id) ok.id, ok.ip, ok.now FROM ok WHERE {due}"
         " ORDER BY ok.id, ok.n::int DESC"

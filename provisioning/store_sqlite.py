@@ -16,13 +16,17 @@ from connector import events, outbox
 from connector.models import Connector, Event
 from connector.sql import insert_rows, tables
 from connector.sql import run as sql_run
-from devices.models import AliasValue, Device, DeviceActivity
+from devices.models import AliasValue, DataPoint, Device, DeviceActivity
 from provisioning import auth, connectors, longpoll, ratelimit, rules
 from provisioning.jobs import STORED, UNSTORED, ClaimJob, JobResult, WriteJob
 from provisioning.models import AuthFailure
 from provisioning.rows import ACTIVITY_COLUMNS, ACTIVITY_UPSERT, WRITER_LOCK
 
 VALUE_COLUMNS = ["device_id", "alias", "reported", "set", "timestamp"]
+POINT_COLUMNS = ["device_id", "alias", "timestamp", "value"]
+# Every written value is history too (devices.history), at the write's time; a point a
+# record stored at the same µs is kept.
+POINT_KEEP = {"conflict": ["device_id", "alias", "timestamp"]}
 VALUE_UPSERT = {
     "conflict": ["device_id", "alias"],
     "update": ["reported", "timestamp"],
@@ -32,7 +36,7 @@ VALUE_UPSERT = {
 
 def write(jobs: list[WriteJob]) -> list[JobResult]:
     with WRITER_LOCK.held(), transaction.atomic():
-        results, values, seen, logged, stored, sent = [], [], [], [], [], []
+        results, values, points, seen, logged, stored, sent = [], [], [], [], [], [], []
         devices = auth.writers(jobs)  # one statement for the batch, not one per job
         for job in jobs:
             device = auth.writer(devices, job)
@@ -41,6 +45,11 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
                 continue
             results.append(STORED)
             values += [(device.id, r.alias, r.reported, r.set, job.now) for r in job.rows]
+            points += [
+                (device.id, r.alias, job.now, r.reported)
+                for r in job.rows
+                if r.reported is not None
+            ]
             if rules.activity_due(device.last_ip, device.last_seen, job.ip, job.now):
                 seen.append((device.id, job.ip, job.now))
             logged.append(job.event._replace(identity=device.identity))
@@ -48,6 +57,7 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
             if device.events_enabled:  # read by the lookup, in this transaction
                 sent.append(_data_in(job, device.id, device.identity))
         insert_rows(AliasValue, VALUE_COLUMNS, values, **VALUE_UPSERT)
+        insert_rows(DataPoint, POINT_COLUMNS, points, **POINT_KEEP)
         insert_rows(DeviceActivity, ACTIVITY_COLUMNS, seen, **ACTIVITY_UPSERT)
         insert_rows(Event, events.COLUMNS, logged)
         outbox.add(sent, checked=True)

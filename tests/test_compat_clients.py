@@ -63,7 +63,7 @@ def test_gdc_timestamp_activate_write_read_record(live_connector):
     assert (
         gdc(host, "-k", token, "http", "record", "1700000000", "temp", "20.5") == "[204] No content"
     )
-    assert DataPoint.objects.get().value == "20.5"
+    assert DataPoint.objects.get(timestamp=1_700_000_000_000_000).value == "20.5"
     assert "[409]" in gdc(host, "-k", token, "http", "record", "1700000000", "temp", "9")
     assert (
         gdc(host, "-k", "X" * 40, "http", "write", "myalias", "1") == "[401] No or invalid TOKEN."

@@ -76,11 +76,11 @@ def test_a_recorded_point_is_the_latest_value_only_when_it_is_newest(dev):
     assert client.read(token, "temp").content == b"temp=21"
     stored = AliasValue.objects.get(alias="temp")
     assert stored.timestamp == (now + 60) * 1_000_000
-    # All four points are history, readable in order.
+    # The four points and the write are history, readable in time order.
     history = list(
         DataPoint.objects.filter(alias="temp").order_by("timestamp").values_list("value", flat=True)
     )
-    assert history == ["18", "19", "17", "21"]
+    assert history == ["18", "19", "17", "20", "21"]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from connector import keys
 from connector.models import Connector, Event, EventType, User
 from connector.services import create_connector
 from devices import services as device_services
-from devices.models import AliasValue, Device, DeviceActivity
+from devices.models import AliasValue, DataPoint, Device, DeviceActivity
 from iotconnector.front import Batcher, build_environ
 from provisioning import api, auth, connectors, ratelimit, services, store
 from provisioning.host import DEVICE_API, route
@@ -159,8 +159,8 @@ def test_writes_of_several_devices_are_stored_in_one_transaction(line, django_as
         job_for(connector, tokens["dev-2"], [("setpoint", "7")]),
     ]
     # PostgreSQL: one statement. SQLite: BEGIN, one lookup of the three devices, one
-    # statement each for the values, last seen and the events, COMMIT.
-    with django_assert_num_queries(1 if postgresql() else 1 + 1 + 3 + 1):
+    # statement each for the values, their history, last seen and the events, COMMIT.
+    with django_assert_num_queries(1 if postgresql() else 1 + 1 + 4 + 1):
         assert store.execute(jobs) == [STORED, STORED, STORED]
     stored = {
         (d, a): (r, s)
@@ -174,6 +174,15 @@ def test_writes_of_several_devices_are_stored_in_one_transaction(line, django_as
         ("dev-1", "setpoint"): ("5", "5"),
         ("dev-2", "setpoint"): ("7", "7"),
     }
+    # Every stored value is history, at its write's time; the undefined alias is not.
+    points = DataPoint.objects.values_list("device__identity", "alias", "value", "timestamp")
+    assert sorted(p[:3] for p in points) == [
+        ("dev-0", "temp", "20"),
+        ("dev-1", "setpoint", "5"),
+        ("dev-1", "temp", "21"),
+        ("dev-2", "setpoint", "7"),
+    ]
+    assert {p[3] for p in points} == {job.now for job in jobs}
     writes = Event.objects.filter(type=EventType.DATA_IN).order_by("identity")
     assert [e.identity for e in writes] == ["dev-0", "dev-1", "dev-2"]
     assert writes[1].payload == {
@@ -471,12 +480,14 @@ def test_the_loop_takes_a_token_write(cached_line, django_assert_num_queries):
         response, job = answer_in_loop(environ)
     assert response.status == 204
     assert isinstance(job, WriteJob) and job.rows == [ValueRow("temp", "20", None)]
-    # The store's share: one statement on PostgreSQL; on SQLite the lookup, the value and the
-    # event (last seen is not due: the activation wrote it), in one transaction.
+    # The store's share: one statement on PostgreSQL; on SQLite the lookup, the value, its
+    # history point and the event (last seen is not due: the activation wrote it), in one
+    # transaction.
     with statements_counted() as done:
         assert store.execute([job]) == [STORED]
-    assert len(done) == (1 if postgresql() else 3), done
+    assert len(done) == (1 if postgresql() else 4), done
     assert AliasValue.objects.get().reported == "20"
+    assert DataPoint.objects.get().value == "20"
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,15 @@ from django.core.management.base import BaseCommand
 
 from connector import content, outbox
 from connector.logs import prune
+from devices import history
 
 
 class Command(BaseCommand):
     help = (
         "Delete events past LOG_RETENTION_DAYS and beyond LOG_MAX_ROWS_PER_CONNECTOR, and "
         "delivered outbox rows past EVENTS_OUTBOX_RETENTION_DAYS, content uploads past their"
-        " expiry and stored content files nothing refers to."
+        " expiry, stored content files nothing refers to, and device value history past"
+        " HISTORY_RETENTION_DAYS."
     )
 
     def add_arguments(self, parser):
@@ -22,6 +24,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Deleted {delivered} delivered outbox row{'s' if delivered != 1 else ''}."
         )
+        points = history.prune()
+        self.stdout.write(f"Deleted {points} history point{'s' if points != 1 else ''}.")
         uploads = content.prune_uploads()
         orphans = content.sweep_orphans()
         self.stdout.write(
