@@ -39,6 +39,12 @@ class SignInForm(AuthenticationForm):
     username = forms.EmailField(
         label="Email", widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"})
     )
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "invalid_login": "That email and password do not match an account. Check both and "
+        "try again (the password is case-sensitive).",
+        "inactive": "This account is disabled. Ask the server's administrator.",
+    }
 
     def clean(self):
         try:
@@ -55,7 +61,8 @@ class SignUpForm(forms.Form):
         label="Password",
         strip=False,
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text=password_validation.password_validators_help_text_html(),
+        help_text="At least 8 characters, not all digits, not a common password and not like "
+        "your email address. A few words make a good one.",
     )
     password2 = forms.CharField(
         label="Password again",

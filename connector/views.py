@@ -120,11 +120,17 @@ def _tab(request, connector: Connector, tab: str, template: str, status: int = 2
 def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
     connector = access.connector_for(request, connector_id, change=Role.ADMIN)
     form = SettingsForm(request.POST or None, connector=connector)
+    bound = _bound_certificates(connector) if not connector.pki_enabled else 0
+    pki_warning = 0
     if request.method == "POST":
         if form.is_valid():
-            changed = services.update_settings(connector, request.user, form.cleaned_data)
-            messages.success(request, "Settings saved." if changed else "Nothing to change.")
-            return redirect("connector-settings", connector_id=connector.id)
+            turning_on = form.cleaned_data.get("pki_enabled") and not connector.pki_enabled
+            if turning_on and bound and not request.POST.get("pki_confirm"):
+                pki_warning = bound  # said before anything is saved, with the count
+            else:
+                changed = services.update_settings(connector, request.user, form.cleaned_data)
+                messages.success(request, "Settings saved." if changed else "Nothing to change.")
+                return redirect("connector-settings", connector_id=connector.id)
     return _tab(
         request,
         connector,
@@ -139,8 +145,20 @@ def connector_settings(request: HttpRequest, connector_id: str) -> HttpResponse:
         if connector.can.administer
         else [],
         event_types=outbox.TYPES,
-        status=400 if form.errors else 200,
+        bound_certificates=bound,
+        pki_warning=pki_warning,
+        status=400 if form.errors or pki_warning else 200,
     )
+
+
+def _bound_certificates(connector: Connector) -> int:
+    """Devices holding a certificate bound on first use (PKI off): turning PKI on refuses
+    those no client CA signed."""
+    from devices.models import Device, DeviceAuthType
+
+    return Device.objects.filter(
+        connector=connector, auth_type=DeviceAuthType.CERTIFICATE, provisioned_at__isnull=False
+    ).count()
 
 
 def _events_section(connector: Connector) -> HttpResponse:

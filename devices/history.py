@@ -21,6 +21,7 @@ from devices.models import AliasValue, DataPoint, Device
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 EXPORT_MAX_POINTS = 1_000_000
+SERIES_MAX_POINTS = 50_000  # a week at one point every 12 s; the chart reduces them
 TABLE_ROWS = 100  # newest values shown for a string or boolean alias
 
 # The chart's ranges: name -> seconds back from now.
@@ -139,14 +140,17 @@ def export_rows(device: Device, query: Query) -> Iterator[tuple[str, int, str]]:
         before = chunk[-1][0]
 
 
-def series(device: Device, alias: str, since: int, until: int) -> list[tuple[int, str]]:
-    """Oldest first, for a chart or table: at most MAX_LIMIT points of the range (the newest)."""
+def series(
+    device: Device, alias: str, since: int, until: int, most: int = SERIES_MAX_POINTS
+) -> list[tuple[int, str]]:
+    """Oldest first, for a chart or table: at most `most` points of the range (the newest;
+    the caller says so when the range held more)."""
     rows = list(
         DataPoint.objects.filter(
             device=device, alias=alias, timestamp__gte=since, timestamp__lt=until
         )
         .order_by("-timestamp")
-        .values_list("timestamp", "value")[:MAX_LIMIT]
+        .values_list("timestamp", "value")[:most]
     )
     rows.reverse()
     return rows

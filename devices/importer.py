@@ -46,6 +46,9 @@ class RowError(NamedTuple):
     message: str
 
 
+LISTED = 100  # identities named in an import's report and event
+
+
 @dataclass
 class ImportReport:
     rows: int = 0
@@ -54,6 +57,9 @@ class ImportReport:
     updated: int = 0
     errors: list[RowError] = field(default_factory=list)
     error_count: int = 0
+    # The first LISTED identities of each kind, for the check step and the event.
+    created_ids: list[str] = field(default_factory=list)
+    skipped_ids: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -246,6 +252,9 @@ def import_identities(
     report.created = len(rows) - len(existing)
     report.updated = len(existing) if update else 0
     report.skipped = 0 if update else len(existing)
+    report.created_ids = [r.identity for r in rows if r.identity not in existing][:LISTED]
+    if not update:
+        report.skipped_ids = [r.identity for r in rows if r.identity in existing][:LISTED]
     if dry_run:
         return report
     with transaction.atomic():
@@ -255,8 +264,8 @@ def import_identities(
         events.record(
             connector,
             EventType.WHITELISTED,
-            f"CSV import: {report.created} whitelisted, {report.updated} updated, "
-            f"{report.skipped} skipped",
+            f"CSV import: {report.created} whitelisted{_listed(report.created_ids, report.created)}"
+            f", {report.updated} updated, {report.skipped} skipped",
             actor=actor,
             source_ip=source_ip,
             payload={
@@ -264,9 +273,20 @@ def import_identities(
                 "updated": report.updated,
                 "skipped": report.skipped,
                 "source": "csv",
+                "identities": report.created_ids,
+                "skipped_identities": report.skipped_ids,
             },
         )
     return report
+
+
+def _listed(ids: list[str], count: int) -> str:
+    """` (a, b, c)` or ` (a, b, c, … and 7 more)` for an event's summary."""
+    if not ids:
+        return ""
+    shown = ids[:5]
+    more = count - len(shown)
+    return f" ({', '.join(shown)}{f', … and {more} more' if more > 0 else ''})"
 
 
 def _device_fields(row: _Row) -> dict:

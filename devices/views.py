@@ -339,6 +339,8 @@ def device_detail(request: HttpRequest, connector_id: str, identity: str) -> Htt
             return redirect("device-detail", connector_id=connector.id, identity=identity)
     events = Event.objects.filter(connector=connector, identity=identity).order_by("-id")[:50]
     values = list(device.values.order_by("alias")[:200])
+    for value in values:  # the unit beside each value
+        value.unit = (connector.resources or {}).get(value.alias, {}).get("unit", "")
     chosen, since, until, range_errors = history.chart_range(request.GET)
     return _render(
         request,
@@ -376,6 +378,7 @@ def _history(connector: Connector, device: Device, values, since: int, until: in
             "settable": bool(definition.get("settable")),
             "set": latest[alias].set if alias in latest else None,
             "count": len(points),
+            "truncated": len(points) >= history.SERIES_MAX_POINTS,
         }
         if definition.get("format") == "number":
             entry["chart"] = charts.line_chart(

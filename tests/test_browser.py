@@ -1,6 +1,9 @@
 """The real UI in headless Chromium (Debian's /usr/bin/chromium driven by Playwright)."""
 
 import os
+import re
+import subprocess
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -71,7 +74,8 @@ def test_sign_up_create_connector_and_keep_identity_format(page):
     connector = Connector.objects.get(members=User.objects.get(email="maker@example.com"))
     page.wait_for_url(f"**/c/{connector.id}/")
     expect(page.get_by_role("link", name="Settings")).to_have_attribute("aria-current", "page")
-    expect(page.locator("#fqdn")).to_have_value(f"{connector.id}.localhost")
+    port = page.url.split(":")[2].split("/")[0]
+    expect(page.locator("#fqdn")).to_have_value(f"http://{connector.id}.localhost:{port}")
 
     # The Identity format section: Base 10, length 8 (the tutorial's choice).
     page.get_by_label("Type").select_option("base10")
@@ -98,7 +102,7 @@ def test_sign_up_create_connector_and_keep_identity_format(page):
     assert connector.id_length == 8 and not connector.ip_whitelisting_enabled
 
 
-def test_copy_button_puts_the_device_api_domain_on_the_clipboard(page, live_server):
+def test_copy_button_puts_the_device_api_base_url_on_the_clipboard(page, live_server):
     user = User.objects.create_user("copy@example.com", "a long factory passphrase")
     from connector.services import create_connector
 
@@ -109,10 +113,15 @@ def test_copy_button_puts_the_device_api_domain_on_the_clipboard(page, live_serv
     page.get_by_label("Password").fill("a long factory passphrase")
     page.get_by_role("button", name="Sign in").click()
     page.goto(f"/c/{connector.id}/devices/")
-    button = page.get_by_role("button", name="Copy the device API domain")
+    button = page.get_by_role("button", name="Copy the device API base URL")
     button.click()
     expect(button).to_have_text("Copied")
-    assert page.evaluate("navigator.clipboard.readText()") == f"{connector.id}.localhost"
+    # The full base URL with the port the service listens on: it works as copied.
+    port = urlsplit(live_server.url).port
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == f"http://{connector.id}.localhost:{port}"
+    answer = subprocess.run(["curl", "-sS", f"{copied}/timestamp"], capture_output=True, timeout=10)
+    assert answer.stdout.isdigit(), answer
 
 
 def sign_in(page, email: str) -> None:
@@ -251,6 +260,8 @@ def test_logs_tab_shows_provision_and_write_live(page, live_server):
     expect(rows).to_have_count(before + 2, timeout=15000)
     expect(rows.nth(0)).to_contain_text("Write myalias=50")
     expect(rows.nth(1)).to_contain_text("Provisioned 00000001")
+    # The header's time is UTC on the 24-hour clock, as the table's.
+    expect(page.locator("#live-status")).to_have_text(re.compile(r"Live · \d\d:\d\d:\d\d UTC"))
 
     # Paused, nothing new is added until resumed.
     page.get_by_role("button", name="Pause").click()
@@ -420,3 +431,35 @@ def test_invite_accept_as_a_new_user_and_a_viewer_cannot_save_settings(page, set
     page.get_by_role("link", name="Members").click()
     expect(page.locator("[data-member='support@example.com']")).to_contain_text("Viewer")
     expect(page.get_by_role("button", name="Invite")).to_have_count(0)
+
+
+def test_devices_menu_closes_bulk_actions_wait_and_tabs_fit_a_narrow_screen(page):
+    from connector.services import create_connector
+    from devices.services import whitelist_device
+
+    user = User.objects.create_user("narrow@example.com", "a long factory passphrase")
+    connector = create_connector(user, "Narrow")
+    whitelist_device(connector, "00000001")
+    sign_in(page, "narrow@example.com")
+    page.goto(f"/c/{connector.id}/devices/")
+    menu = page.locator("details.menu")
+    page.get_by_text("+ New device(s)").click()
+    expect(menu).to_have_attribute("open", "")
+    page.keyboard.press("Escape")
+    expect(menu).not_to_have_attribute("open", "")
+    page.get_by_text("+ New device(s)").click()
+    page.get_by_role("heading", name="Devices").click()  # outside the menu
+    expect(menu).not_to_have_attribute("open", "")
+    # Bulk actions wait for a selection.
+    lock = page.get_by_role("button", name="Lock", exact=True)
+    expect(lock).to_be_disabled()
+    page.get_by_label("Select 00000001").check()
+    expect(lock).to_be_enabled()
+    expect(page.locator("#selected-count")).to_have_text("1 selected")
+    # On a phone-sized screen every tab is whole and on screen.
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.reload()
+    for tab in page.get_by_role("navigation", name="Connector").get_by_role("link").all():
+        box = tab.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 360, (tab.inner_text(), box)
+        assert tab.evaluate("e => e.scrollWidth <= e.clientWidth"), tab.inner_text()

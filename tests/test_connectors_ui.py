@@ -71,9 +71,10 @@ def test_others_cannot_rename_or_delete(browser_client, bobs_connector):
 @pytest.mark.parametrize("name", TAB_URLS[:4])
 def test_every_tab_has_the_tabs_and_the_copy_button(browser_client, connector, name):
     page = browser_client.get(reverse(name, args=[connector.id])).content.decode()
-    for label in ("Settings", "Devices", "Resources", "Logs"):
+    for label in ("Settings", "Devices", "Resources", "Content", "Logs", "Members"):
         assert f">{label}</a>" in page
-    assert f'value="{connector.id}.localhost"' in page
+    # The device API's full base URL, as reached from this page (the test client's port 80).
+    assert f'value="http://{connector.id}.localhost"' in page
     assert 'data-copy="#fqdn"' in page
     tabs = page[page.index('<nav class="tabs"') :]
     tabs = tabs[: tabs.index("</nav>")]
@@ -90,7 +91,7 @@ def test_assets_are_served_by_the_app_not_a_cdn(browser_client, connector):
 def test_device_api_domain_follows_the_setting(browser_client, connector, settings):
     settings.DEVICE_API_DOMAIN = "devices.example.net"
     page = browser_client.get(reverse("device-list", args=[connector.id])).content.decode()
-    assert f'value="{connector.id}.devices.example.net"' in page
+    assert f'value="http://{connector.id}.devices.example.net"' in page
 
 
 def test_rename(browser_client, connector):

@@ -21,3 +21,24 @@ def byte_size(value):
     from connector.content import human_size
 
     return human_size(int(value or 0))
+
+
+@register.filter
+def pretty_json(value) -> str:
+    """An event's payload, indented, for the Logs tab's expandable rows (escaped by the
+    template like any text)."""
+    import json
+
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@register.simple_tag(takes_context=True)
+def device_api_base(context, connector) -> str:
+    """The connector's device API as a device reaches it from where this page was served:
+    scheme, host and port (`http://<id>.localhost:8000` locally)."""
+    from connector.content_api import device_base_url
+
+    request = context.get("request")
+    if request is None:
+        return f"https://{connector.fqdn}"
+    return device_base_url(request, connector)

@@ -24,7 +24,7 @@ function syncConditional() {
     const control = document.querySelector(block.dataset.showWhen);
     if (!control) return;
     const wanted = block.dataset.showValue;
-    const shown = ["checkbox", "radio"].includes(control.type) ? control.checked : (wanted ? control.value === wanted : !!control.value);
+    const shown = ["checkbox", "radio"].includes(control.type) ? control.checked : (wanted ? wanted.split(",").includes(control.value) : !!control.value);
     block.hidden = !shown && !block.querySelector(".has-error");
   });
 }
@@ -38,11 +38,33 @@ document.addEventListener("change", (event) => {
   if (all) {
     form.querySelectorAll(`input[name="${all.dataset.selectAll}"]`).forEach((box) => { box.checked = all.checked; });
   }
-  const counter = form && form.querySelector("#selected-count");
-  if (counter) {
-    const n = form.querySelectorAll('input[name="identity"]:checked').length;
-    counter.textContent = n ? `${n} selected` : "Select devices for bulk actions";
-  }
+  if (form) syncSelection(form);
+});
+
+// Bulk actions stay disabled until a device is selected.
+function syncSelection(form) {
+  const counter = form.querySelector("#selected-count");
+  if (!counter) return;
+  const n = form.querySelectorAll('input[name="identity"]:checked').length;
+  counter.textContent = n ? `${n} selected` : "Select devices for bulk actions";
+  form.querySelectorAll("[data-needs-selection]").forEach((button) => { button.disabled = !n; });
+}
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("form#bulk").forEach(syncSelection);
+});
+
+// Menus (<details class="menu">) close on Escape and on a click outside them.
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  document.querySelectorAll("details.menu[open]").forEach((menu) => {
+    menu.open = false;
+    menu.querySelector("summary").focus();
+  });
+});
+document.addEventListener("click", (event) => {
+  document.querySelectorAll("details.menu[open]").forEach((menu) => {
+    if (!menu.contains(event.target)) menu.open = false;
+  });
 });
 
 // Add one device: check the identity against the connector's format while typing.
@@ -95,7 +117,7 @@ document.addEventListener("change", (event) => {
             if (empty) empty.remove();
             while (body.rows.length > 500) body.deleteRow(-1);
           }
-          status.textContent = `Live · ${new Date().toLocaleTimeString()}`;
+          status.textContent = `Live · ${new Date().toISOString().slice(11, 19)} UTC`;
           delay = 2000;
         } else if (response.status === 403) {
           status.textContent = "Signed out: reload the page";
@@ -212,3 +234,12 @@ document.addEventListener("change", (event) => {
     }
   });
 })();
+
+// A page that failed to save: move to its error summary (a screen reader reads it first).
+document.addEventListener("DOMContentLoaded", () => {
+  const summary = document.querySelector("[data-focus-on-load]");
+  if (summary) {
+    summary.scrollIntoView({block: "start"});
+    summary.focus({preventScroll: true});
+  }
+});

@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +18,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--listen", default="127.0.0.1:8443")
-        parser.add_argument("--upstream", default="127.0.0.1:8000")
+        parser.add_argument(
+            "--upstream",
+            default=f"127.0.0.1:{os.environ.get('PORT') or 8000}",
+            help="the app's address (default: 127.0.0.1 and PORT, as scripts/serve listens)",
+        )
         parser.add_argument("--dir", default=str(settings.DATA_DIR / "tls"))
         parser.add_argument("--run", action="store_true", help="(re)start nginx")
         parser.add_argument("--stop", action="store_true", help="stop nginx")
