@@ -546,3 +546,40 @@ class ContentUpload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connector_id}/{self.name} ({self.id})"
+
+
+class EventCount(models.Model):
+    """How many events of a type (and failure reason) a connector logged in one closed hour,
+    for the Overview tab: counted once when the hour is over (connector.overview), so a page
+    view reads a week of hours instead of a week of events."""
+
+    connector = models.ForeignKey(
+        Connector, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    hour = models.BigIntegerField()  # µs since the epoch at the hour's start
+    type = models.CharField(max_length=32)
+    reason = models.CharField(max_length=300, blank=True, default="")
+    count = models.IntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connector", "hour", "type", "reason"], name="unique_event_count"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.type} at {self.hour}"
+
+
+class EventCountMark(models.Model):
+    """The hours from `since` to `until` (µs) are counted in EventCount for this connector."""
+
+    connector = models.OneToOneField(
+        Connector, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    since = models.BigIntegerField()
+    until = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.connector_id} counted until {self.until}"

@@ -12,6 +12,7 @@ urlpatterns = [
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token-revoke"),
     path("invitation/<str:token>/", views.invitation, name="invitation"),
     path("c/<str:connector_id>/", views.connector_settings, name="connector-settings"),
+    path("c/<str:connector_id>/overview/", views.connector_overview, name="connector-overview"),
     path("c/<str:connector_id>/rename/", views.connector_rename, name="connector-rename"),
     path("c/<str:connector_id>/delete/", views.connector_delete, name="connector-delete"),
     path("c/<str:connector_id>/devices/", include("devices.urls")),

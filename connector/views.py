@@ -23,6 +23,7 @@ from connector import (
     members,
     members_api,
     outbox,
+    overview,
     safeinput,
     services,
     signin,
@@ -31,6 +32,7 @@ from connector import (
 from connector.forms import ConnectorNameForm, SettingsForm, SignInForm, SignUpForm
 from connector.models import Connector, EventType
 from devices.forms import ResourceForm
+from devices.models import Status
 
 Role = access.Role
 
@@ -159,6 +161,41 @@ def _bound_certificates(connector: Connector) -> int:
     return Device.objects.filter(
         connector=connector, auth_type=DeviceAuthType.CERTIFICATE, provisioned_at__isnull=False
     ).count()
+
+
+@login_required
+def connector_overview(request: HttpRequest, connector_id: str) -> HttpResponse:
+    """Pictures of the fleet: devices by status, provisions and failures per hour (24 h and
+    7 days, failures by reason), writes per minute and devices seen in the last hour."""
+    from devices.charts import bar_chart
+
+    connector = access.connector_for(request, connector_id)
+    days = 7 if request.GET.get("range") == "week" else 1
+    hours = overview.hourly(connector, 24 * days)
+    recent = overview.last_hour(connector)
+    statuses = overview.status_counts(connector)
+    return _tab(
+        request,
+        connector,
+        "overview",
+        "connector/overview.html",
+        days=days,
+        statuses=[(status, statuses[status]) for status in Status],
+        devices=sum(statuses.values()),
+        provisions=bar_chart([(h["hour"], h["provisioned"]) for h in hours], overview.HOUR_US),
+        failures=bar_chart([(h["hour"], h["failures"]) for h in hours], overview.HOUR_US),
+        reasons=overview.failure_reasons(hours),
+        writes=bar_chart(recent.writes_per_minute, overview.MINUTE_US),
+        recent=recent,
+        since_iso=_iso(hours[0]["hour"]) if hours else "",
+        hour_ago_iso=_iso(recent.writes_per_minute[0][0]),
+    )
+
+
+def _iso(us: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).strftime("%Y-%m-%dT%H:%M")
 
 
 def _events_section(connector: Connector) -> HttpResponse:

@@ -147,3 +147,46 @@ def _path(xy: list[tuple[float, float]]) -> str:
         return ""
     first, *rest = xy
     return f"M{first[0]},{first[1]}" + "".join(f"L{px},{py}" for px, py in rest)
+
+
+@dataclass
+class Bars:
+    """A bar chart of counts per period (oldest first), for the Overview tab."""
+
+    bars: list[tuple[float, float, float, int, str]]  # x, y, height, count, label
+    bar_width: float
+    y_ticks: list[tuple[float, str]]
+    x_ticks: list[tuple[float, str]]
+    total: int
+    peak: int
+    width: int = WIDTH
+    height: int = 160
+    plot_left: int = PAD_LEFT
+    plot_right: int = WIDTH - PAD_RIGHT
+    plot_top: int = PAD_TOP
+    plot_bottom: int = 160 - PAD_BOTTOM
+
+
+def bar_chart(counts: list[tuple[int, int]], period_us: int, *, labels: int = 6) -> Bars:
+    """`counts` as (period start µs, count), oldest first, one per period."""
+    chart = Bars([], 0, [], [], sum(n for _t, n in counts), max((n for _t, n in counts), default=0))
+    if not counts:
+        return chart
+    top, bottom = chart.plot_top, chart.plot_bottom
+    ticks = nice_ticks(0, max(chart.peak, 1), count=4)
+    high = ticks[-1]
+    slot = (chart.plot_right - chart.plot_left) / len(counts)
+    chart.bar_width = round(max(1.0, slot * 0.8), 2)
+    span = period_us * len(counts)
+    for i, (start, n) in enumerate(counts):
+        x = round(chart.plot_left + i * slot + (slot - chart.bar_width) / 2, 2)
+        height = round(n / high * (bottom - top), 2)
+        label = _time_label(start, span)
+        chart.bars.append((x, round(bottom - height, 2), height, n, label))
+    chart.y_ticks = [(round(bottom - t / high * (bottom - top), 1), _label(t)) for t in ticks]
+    step = max(1, len(counts) // labels)
+    chart.x_ticks = [
+        (round(chart.plot_left + (i + 0.5) * slot, 1), _time_label(counts[i][0], span))
+        for i in range(0, len(counts), step)
+    ]
+    return chart

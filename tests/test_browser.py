@@ -406,7 +406,7 @@ def test_invite_accept_as_a_new_user_and_a_viewer_cannot_save_settings(page, set
     page.wait_for_url(f"**/c/{connector.id}/")
     expect(page.locator("#my-role")).to_have_text("viewer")
     tabs = page.get_by_role("navigation", name="Connector").get_by_role("link")
-    expect(tabs).to_have_text(["Settings", "Devices", "Resources", "Content", "Logs", "Members"])
+    expect(tabs).to_have_text(["Overview", "Settings", "Devices", "Resources", "Content", "Logs", "Members"])
     # Settings are readable, not changeable: no Save, the controls disabled, no vendor keys.
     expect(page.locator("#read-only")).to_be_visible()
     expect(page.get_by_role("button", name="Save")).to_have_count(0)

@@ -33,6 +33,7 @@ TARGET = "target@example.com"  # a second member, for the member routes
 CONNECTOR_ROUTES: dict[str, list[tuple[str, str, dict]]] = {
     # Pages
     "connector-settings": [("GET", V, {}), ("POST", A, {})],
+    "connector-overview": [("GET", V, {}), ("GET", V, {"range": "week"})],
     "connector-rename": [("POST", A, {"name": "Renamed"})],
     "connector-delete": [("GET", W, {}), ("POST", W, {})],
     "device-list": [("GET", V, {})],
