@@ -72,7 +72,7 @@ def _seed(devices: int, events: int, now: int) -> str:
         cursor.execute(
             f"INSERT INTO {event} (connector_id, time, type, identity, source_ip, actor_id,"  # noqa: S608
             " actor_email, summary, payload)"
-            " SELECT %s, %s::bigint + (i::bigint * %s::bigint) / %s::bigint,"
+            " SELECT %s, %s::bigint + i::bigint * %s::bigint,"
             " CASE WHEN i %% 100 < 96 THEN 'data_in' WHEN i %% 100 < 99 THEN 'provisioned'"
             " ELSE 'provision_failed' END,"
             " lpad((i %% %s)::text, 8, '0'), '198.51.100.7', NULL, '', 'bench',"
@@ -80,7 +80,7 @@ def _seed(devices: int, events: int, now: int) -> str:
             " (ARRAY['not whitelisted', 'expired', 'locked', 'bad password'])[1 + i %% 4])"
             " ELSE '{}'::jsonb END"
             " FROM generate_series(1, %s) AS i",
-            [connector.pk, now - span, span, events, devices, events],
+            [connector.pk, now - span, span // events, devices, events],
         )
         cursor.execute(f"ANALYZE {device}")
         cursor.execute(f"ANALYZE {event}")

@@ -406,7 +406,9 @@ def test_invite_accept_as_a_new_user_and_a_viewer_cannot_save_settings(page, set
     page.wait_for_url(f"**/c/{connector.id}/")
     expect(page.locator("#my-role")).to_have_text("viewer")
     tabs = page.get_by_role("navigation", name="Connector").get_by_role("link")
-    expect(tabs).to_have_text(["Overview", "Settings", "Devices", "Resources", "Content", "Logs", "Members"])
+    expect(tabs).to_have_text(
+        ["Overview", "Settings", "Devices", "Resources", "Content", "Logs", "Members"]
+    )
     # Settings are readable, not changeable: no Save, the controls disabled, no vendor keys.
     expect(page.locator("#read-only")).to_be_visible()
     expect(page.get_by_role("button", name="Save")).to_have_count(0)
@@ -463,3 +465,49 @@ def test_devices_menu_closes_bulk_actions_wait_and_tabs_fit_a_narrow_screen(page
         box = tab.bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 360, (tab.inner_text(), box)
         assert tab.evaluate("e => e.scrollWidth <= e.clientWidth"), tab.inner_text()
+
+
+def test_device_page_charts_its_history_and_the_range_can_change(page):
+    from connector.services import create_connector
+    from devices.models import DataPoint
+    from devices.services import whitelist_device
+    from tests.conftest import define
+
+    user = User.objects.create_user("chart@example.com", "a long factory passphrase")
+    connector = create_connector(user, "Charts")
+    define(connector, "state", temp={"format": "number", "unit": "°C"})
+    device = whitelist_device(connector, "00000001")
+    import time as clock
+
+    now = clock.time_ns() // 1000
+    DataPoint.objects.bulk_create(
+        [
+            DataPoint(
+                device=device,
+                alias="temp",
+                timestamp=now - (30 - i) * 60_000_000,
+                value=str(20 + i / 4),
+            )
+            for i in range(12)
+        ]
+        + [
+            DataPoint(device=device, alias="temp", timestamp=now - 3 * 86400_000_000, value="5"),
+            DataPoint(device=device, alias="state", timestamp=now - 60_000_000, value="idle"),
+        ]
+    )
+    sign_in(page, "chart@example.com")
+    page.goto(f"/c/{connector.id}/devices/d/00000001/")
+    temp = page.locator("figure[data-alias='temp']")
+    expect(temp).to_have_attribute("data-points", "12")  # the day's, not the older one
+    expect(temp.locator("svg circle.point")).to_have_count(12)
+    expect(temp.locator("svg")).to_have_attribute(
+        "aria-label", re.compile(r"temp: 12 values from 20.0 to 22.75")
+    )
+    expect(page.locator("figure[data-alias='state'] td.mono")).to_have_text(["idle"])
+    page.get_by_label("Week").check()
+    page.get_by_role("button", name="Show").click()
+    expect(temp).to_have_attribute("data-points", "13")
+    expect(temp.locator("svg circle.point")).to_have_count(13)
+    # Custom shows its From/To fields, in UTC text.
+    page.get_by_label("Custom").check()
+    expect(page.get_by_label("From (UTC)")).to_be_visible()
