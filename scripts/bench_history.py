@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchlib import report_ms, timed_get  # noqa: E402
 
 MINUTE_US = 60_000_000
 
@@ -90,25 +90,6 @@ def _seed(devices: int, days: int, now_us: int) -> tuple[str, list[str]]:
     return connector.pk, identities
 
 
-def _timed(call, samples: list) -> None:
-    started = time.perf_counter()
-    response = call()
-    if hasattr(response, "streaming_content"):
-        b"".join(response.streaming_content)
-    samples.append((time.perf_counter() - started) * 1000)
-    if response.status_code != 200:
-        raise SystemExit(f"answered {response.status_code}")
-
-
-def _report(name: str, samples: list[float], baseline: float | None) -> float:
-    samples = sorted(samples)
-    p50 = statistics.median(samples)
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    ratio = f"  {p50 / baseline:.2f}× baseline" if baseline else ""
-    print(f"  {name:<9} p50 {p50:7.1f} ms  p99 {p99:7.1f} ms{ratio}")
-    return p50
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
@@ -164,19 +145,15 @@ def main() -> None:
     empty = {"range": "custom", "from": "2000-01-01T00:00", "to": "2000-01-02T00:00"}
     results: dict[str, list[float]] = {"baseline": [], "api": [], "chart": [], "week": []}
     for identity in picks:  # interleaved, each device's first read cold
-        _timed(lambda i=identity: client.get(page.format(i), empty), results["baseline"])
-        _timed(
-            lambda i=identity: client.get(
-                api.format(i), {"alias": "temp", "since": day_ago, "limit": 1440}
-            ),
-            results["api"],
-        )
-        _timed(lambda i=identity: client.get(page.format(i), {"range": "day"}), results["chart"])
-        _timed(lambda i=identity: client.get(page.format(i), {"range": "week"}), results["week"])
+        timed_get(client, page.format(identity), empty, results["baseline"])
+        query = {"alias": "temp", "since": day_ago, "limit": 1440}
+        timed_get(client, api.format(identity), query, results["api"])
+        timed_get(client, page.format(identity), {"range": "day"}, results["chart"])
+        timed_get(client, page.format(identity), {"range": "week"}, results["week"])
     print(f"server time over {args.samples} random devices (Django test client, in process):")
-    base = _report("baseline", results["baseline"], None)
+    base = report_ms("baseline", results["baseline"], None)
     for key in ("api", "chart", "week"):
-        _report(key, results[key], base)
+        report_ms(key, results[key], base)
 
 
 if __name__ == "__main__":

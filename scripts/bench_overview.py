@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchlib import report_ms, timed_get  # noqa: E402
 
 HOUR_US = 3600 * 1_000_000
 
@@ -91,25 +91,6 @@ def _seed(devices: int, events: int, now: int) -> str:
     return connector.pk
 
 
-def _timed(client, url: str, params: dict, samples: list, before=None) -> None:
-    if before:
-        before()
-    started = time.perf_counter()
-    response = client.get(url, params)
-    samples.append((time.perf_counter() - started) * 1000)
-    if response.status_code != 200:
-        raise SystemExit(f"{url} answered {response.status_code}")
-
-
-def _report(name: str, samples: list[float], baseline: float | None) -> float:
-    samples = sorted(samples)
-    p50 = statistics.median(samples)
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    ratio = f"  {p50 / baseline:.2f}× baseline" if baseline else ""
-    print(f"  {name:<9} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms{ratio}")
-    return p50
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1_000_000)
@@ -139,18 +120,18 @@ def main() -> None:
     client.force_login(User.objects.get(email="bench@example.com"))
     page, logs = f"/c/{connector_id}/overview/", f"/c/{connector_id}/logs/"
     first: list[float] = []
-    _timed(client, page, {"range": "week"}, first)
+    timed_get(client, page, {"range": "week"}, first)
     results: dict[str, list[float]] = {"baseline": [], "overview": [], "week": [], "uncached": []}
     for _ in range(args.samples):
-        _timed(client, logs, {}, results["baseline"])
-        _timed(client, page, {}, results["overview"])
-        _timed(client, page, {"range": "week"}, results["week"])
-        _timed(client, page, {}, results["uncached"], before=cache.clear)
+        timed_get(client, logs, {}, results["baseline"])
+        timed_get(client, page, {}, results["overview"])
+        timed_get(client, page, {"range": "week"}, results["week"])
+        timed_get(client, page, {}, results["uncached"], before=cache.clear)
     print(f"server time over {args.samples} views (Django test client, in process):")
-    base = _report("baseline", results["baseline"], None)
+    base = report_ms("baseline", results["baseline"], None)
     print(f"  first     {first[0]:8.1f} ms  (7 days of closed hours counted once)")
     for key in ("overview", "week", "uncached"):
-        _report(key, results[key], base)
+        report_ms(key, results[key], base)
 
 
 if __name__ == "__main__":

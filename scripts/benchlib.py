@@ -144,3 +144,31 @@ def rss_of(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def timed_get(client, url: str, params: dict, samples: list[float], before=None) -> None:
+    """One GET through Django's test client (server time in process), in ms; `before` runs
+    first, untimed. A non-200 answer stops the benchmark."""
+    import time
+
+    if before:
+        before()
+    started = time.perf_counter()
+    response = client.get(url, params)
+    if hasattr(response, "streaming_content"):
+        b"".join(response.streaming_content)
+    samples.append((time.perf_counter() - started) * 1000)
+    if response.status_code != 200:
+        raise SystemExit(f"{url} answered {response.status_code}")
+
+
+def report_ms(name: str, samples: list[float], baseline: float | None) -> float:
+    """Print p50/p99 (and the p50's ratio to `baseline`); return the p50."""
+    import statistics
+
+    samples = sorted(samples)
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    ratio = f"  {p50 / baseline:.2f}× baseline" if baseline else ""
+    print(f"  {name:<9} p50 {p50:8.1f} ms  p99 {p99:8.1f} ms{ratio}")
+    return p50

@@ -241,6 +241,20 @@ def live_server_db_cleanup(django_db_setup, django_db_blocker):
             )
 
 
+def store_item(connector, name: str, data: bytes) -> None:
+    """A content item, stored through the service's own upload path (no HTTP)."""
+    import hashlib
+
+    from connector import content
+
+    upload = content.start_upload(
+        connector, name, content_type=None, sha256=hashlib.sha256(data).hexdigest(), upload_url=str
+    ).upload
+    received = content.HashingWriter(upload.max_size)
+    received.write(data)
+    content.receive_upload(upload, received, None)
+
+
 def define(connector, *aliases: str, **definitions: dict) -> None:
     """Give the connector resources: plain string aliases, or full definitions by keyword."""
     from devices.resources import check_definitions

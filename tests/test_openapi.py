@@ -8,7 +8,6 @@ status, content type, headers and body. `FUZZ_EXAMPLES` bounds the examples per 
 mode (default 20).
 """
 
-import hashlib
 import os
 import re
 
@@ -20,11 +19,10 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from connector import content as content_area
 from connector import services, subscriptions
 from connector.models import Membership, User
 from devices import services as device_services
-from tests.conftest import PASSWORD, basic, define
+from tests.conftest import PASSWORD, basic, define, store_item
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 AUTH = {"Authorization": basic("fuzz@example.com")}
@@ -80,18 +78,7 @@ def line(live_server, transactional_db, settings):
     subscription, _secret = subscriptions.create(
         connector, {"webhook": {"url": "http://127.0.0.1:9/events"}}
     )
-    # A content item for the content operations to find.
-    firmware = b"firmware image"
-    upload = content_area.start_upload(
-        connector,
-        "fw.bin",
-        content_type=None,
-        sha256=hashlib.sha256(firmware).hexdigest(),
-        upload_url=str,
-    ).upload
-    received = content_area.HashingWriter(upload.max_size)
-    received.write(firmware)
-    content_area.receive_upload(upload, received, None)
+    store_item(connector, "fw.bin", b"firmware image")  # for the content operations
     return live_server, connector, subscription
 
 

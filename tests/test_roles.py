@@ -10,17 +10,15 @@ from the issue's list of what each role may do, not read from the code under tes
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
-from connector import content as content_area
 from connector import members, services, subscriptions
 from connector.models import Invitation, Membership, User
 from devices import services as device_services
+from tests.conftest import store_item
 
 V, OP, A, W = "viewer", "operator", "admin", "owner"
 ROLES = [None, V, OP, A, W]  # None: signed in, but not a member of this connector
@@ -172,17 +170,7 @@ def team(db):
     subscription, _secret = subscriptions.create(
         connector, {"webhook": {"url": "http://127.0.0.1:9/events"}}
     )
-    firmware = b"firmware"
-    upload = content_area.start_upload(
-        connector,
-        "fw.bin",
-        content_type=None,
-        sha256=hashlib.sha256(firmware).hexdigest(),
-        upload_url=str,
-    ).upload
-    writer = content_area.HashingWriter(upload.max_size)
-    writer.write(firmware)
-    content_area.receive_upload(upload, writer, None)
+    store_item(connector, "fw.bin", b"firmware")
     invited = members.invite(connector, owner, "invitee@example.com", V, link_for=str)
     return {
         "users": users,
