@@ -43,7 +43,14 @@ def test_tutorial_after_one_added_by_hand_creates_4_skips_1(base10, alice):
     assert DeviceTag.objects.filter(device__identity="00000005").count() == 2
     assert not DeviceTag.objects.filter(device__identity="00000001").exists()  # skipped as is
     event = Event.objects.filter(type="whitelisted").last()
-    assert event.payload == {"count": 4, "updated": 0, "skipped": 1, "source": "csv"}
+    assert event.payload == {
+        "count": 4,
+        "updated": 0,
+        "skipped": 1,
+        "source": "csv",
+        "identities": ["00000002", "00000003", "00000004", "00000005"],
+        "skipped_identities": ["00000001"],
+    }
     assert event.actor_email == alice.email
 
 
