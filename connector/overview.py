@@ -28,6 +28,8 @@ from devices.models import Device, Status
 HOUR_US = 3600 * 1_000_000
 MINUTE_US = 60 * 1_000_000
 STATUS_CACHE_SECONDS = 30
+CLOSE_GRACE_US = 60 * 1_000_000
+KEEP_COUNTS_DAYS = 8  # the Overview shows 7 days at most
 HOURLY_TYPES = (EventType.PROVISIONED, EventType.PROVISION_FAILED)
 # Events a device causes: "seen" in the last hour means one of these was logged for it.
 DEVICE_TYPES = (
@@ -120,11 +122,14 @@ def hourly(connector: Connector, hours: int, now: int | None = None) -> list[dic
     now = now_us() if now is None else now
     current = now // HOUR_US * HOUR_US
     start = current - (hours - 1) * HOUR_US
-    _fill(connector.pk, start, current)
+    # An hour is counted for good a little after it ends: a batch committing just after the
+    # hour may still log events stamped inside it. Until then it is counted live.
+    closed = max(start, (now - CLOSE_GRACE_US) // HOUR_US * HOUR_US)
+    _fill(connector.pk, start, closed)
     stored = EventCount.objects.filter(
-        connector=connector, hour__gte=start, hour__lt=current
+        connector=connector, hour__gte=start, hour__lt=closed
     ).values_list("hour", "type", "reason", "count")
-    rows = list(stored) + _count_hours(connector.pk, current, current + HOUR_US)
+    rows = list(stored) + _count_hours(connector.pk, closed, current + HOUR_US)
     buckets = {
         start + i * HOUR_US: {"hour": start + i * HOUR_US, "provisioned": 0, "failed": {}}
         for i in range(hours)
@@ -208,6 +213,15 @@ def last_hour(connector: Connector, now: int | None = None) -> LastHour:
         )
     series = sorted(minutes.items())
     return LastHour(series, sum(n for _m, n in series), seen)
+
+
+def prune(now: int | None = None) -> int:
+    """Drop hour counts older than the Overview shows (manage.py prune_events)."""
+    cutoff = (now_us() if now is None else now) - KEEP_COUNTS_DAYS * 24 * HOUR_US
+    deleted = EventCount.objects.filter(hour__lt=cutoff).delete()[0]
+    EventCountMark.objects.filter(since__lt=cutoff).update(since=cutoff // HOUR_US * HOUR_US)
+    EventCountMark.objects.filter(until__lt=F("since")).delete()
+    return deleted
 
 
 def failure_reasons(hours: list[dict]) -> list[tuple[str, int]]:

@@ -142,3 +142,30 @@ def test_overview_page_links_each_figure(alice, seeded):
     assert 'data-reason="not whitelisted"' in page
     assert re.search(r'id="devices-seen"><a [^>]*>2</a>', page)
     assert ">Overview</a>" in page
+
+
+def test_an_hour_is_counted_for_good_only_a_minute_after_it_ends(seeded):
+    boundary = dt.datetime(2026, 12, 3, 13, 0, 30, tzinfo=dt.UTC)  # 30 s into the next hour
+    with time_machine.travel(boundary, tick=False):
+        overview.hourly(seeded, 24)
+    # 12:00 is still counted live: a late event stamped inside it still shows.
+    assert EventCountMark.objects.get(connector=seeded).until == NOW_US // HOUR * HOUR
+    late = NOW_US // HOUR * HOUR + 59 * 60_000_000
+    _event(seeded, EventType.PROVISIONED, late, "p3")
+    with time_machine.travel(boundary + dt.timedelta(minutes=1), tick=False):
+        hours = overview.hourly(seeded, 24)
+    twelve = next(b for b in hours if b["hour"] == NOW_US // HOUR * HOUR)
+    assert twelve["provisioned"] == 1
+    assert EventCountMark.objects.get(connector=seeded).until == NOW_US // HOUR * HOUR + HOUR
+
+
+def test_prune_drops_counts_older_than_the_overview_shows(seeded):
+    with time_machine.travel(NOW, tick=False):
+        overview.hourly(seeded, 24 * 7)
+    assert EventCount.objects.filter(connector=seeded).exists()
+    with time_machine.travel(NOW + dt.timedelta(days=9), tick=False):
+        deleted = overview.prune()
+        assert deleted > 0 and not EventCount.objects.exists()
+        # What remains of the mark is consistent: a new view counts its range afresh.
+        week = overview.hourly(seeded, 24 * 7)
+    assert sum(b["provisioned"] for b in week) == 0

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from connector import content, outbox
+from connector import content, outbox, overview
 from connector.logs import prune
 from devices import history
 
@@ -24,6 +24,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Deleted {delivered} delivered outbox row{'s' if delivered != 1 else ''}."
         )
+        counts = overview.prune()
+        self.stdout.write(f"Deleted {counts} overview hour count{'s' if counts != 1 else ''}.")
         points = history.prune()
         self.stdout.write(f"Deleted {points} history point{'s' if points != 1 else ''}.")
         uploads = content.prune_uploads()
