@@ -126,6 +126,13 @@ class Device(models.Model):
                 name="device_waiting_expire",
                 condition=Q(state="whitelisted"),
             ),
+            # Devices holding a certificate bound on first use, counted by the Settings tab
+            # before PKI is turned on: only those devices are in it.
+            models.Index(
+                fields=["connector"],
+                name="device_bound_certificate",
+                condition=Q(auth_type="certificate", provisioned_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
