@@ -14,6 +14,8 @@ from functools import lru_cache
 
 from django.db import connection
 
+POSTGRESQL_MAX_PARAMETERS = 65_535
+
 
 def insert_sql(
     model,
@@ -71,18 +73,36 @@ def insert_rows(
     returning: Sequence[str] = (),
     keep_if_null: Sequence[str] = (),
 ) -> list[tuple]:
+    """Insert `rows` in as few statements as the driver's limit on parameters allows
+    (one, for the device API's batches); the rows RETURNING gave, in order."""
     if not rows:
         return []
-    sql = insert_sql(
-        model,
-        columns,
-        len(rows),
-        conflict=conflict,
-        update=update,
-        returning=returning,
-        keep_if_null=keep_if_null,
-    )
-    return run(sql, [value for row in rows for value in row], fetch=bool(returning))
+    step = max(1, max_parameters() // len(columns))
+    found: list[tuple] = []
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        sql = insert_sql(
+            model,
+            columns,
+            len(chunk),
+            conflict=conflict,
+            update=update,
+            returning=returning,
+            keep_if_null=keep_if_null,
+        )
+        found += run(sql, [value for row in chunk for value in row], fetch=bool(returning))
+    return found
+
+
+def max_parameters() -> int:
+    """The most parameters one statement may have on this connection: SQLite's limit is a
+    build option (32,766 by default, 250,000 in some distributions' builds)."""
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        connection.ensure_connection()
+        return connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return POSTGRESQL_MAX_PARAMETERS
 
 
 def tables(*models) -> tuple[str, ...]:

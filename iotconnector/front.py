@@ -268,7 +268,7 @@ class Front:
                 longpoll.stop()
                 self.pool.stop()
                 for batcher in self.batchers.values():
-                    batcher.pool.stop()
+                    batcher.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -329,29 +329,31 @@ class Pool:
 
 
 class Batcher:
-    """Group commit: jobs submitted while batches are being executed go together in the next
-    one. At most `concurrency` batches run at once, each on a thread (and database
-    connection) of its own, so one waits for its commit while the next is sent. No timer: a
-    job that finds a thread idle starts a batch at once, so batches grow only with the load.
+    """Group commit: jobs submitted while a batch is being executed go together in the next
+    one. The batches run one after another on a thread (and database connection) of the
+    batcher's own, which takes the next batch itself the moment a commit is done: the loop
+    only hands jobs over and gets results back, and a busy loop never delays the store. No
+    timer: a job that finds the thread idle starts a batch at once, so batches grow only with
+    the load.
 
-    `execute(jobs)` returns one result per job. Jobs with the same `key` are never in two
-    batches in flight at once (the later one waits for the batch after), so two batches
-    never race on one row. A batch carries several only of a kind with `shares_batch` (the
-    writes: the store keeps the last one's values), in the order they came. A batch that
-    raises gives every job `failed`."""
+    `execute(jobs)` returns one result per job. A batch carries several jobs of one `key`
+    only of a kind with `shares_batch` (the writes: the store keeps the last one's values),
+    in the order they came; others wait for the batch after, which starts once this one has
+    committed, so two jobs never race on one row. A batch that raises gives every job
+    `failed`."""
 
-    def __init__(
-        self, execute, limit: int, concurrency: int = 1, initializer=None, failed: object = False
-    ):
+    def __init__(self, execute, limit: int, initializer=None, failed: object = False):
         self.execute = execute
         self.failed = failed  # every job's result when a batch raises
         self.limit = limit
-        self.concurrency = concurrency
-        self.pool = Pool(concurrency, initializer)
-        self.pending: collections.deque = collections.deque()
-        self.running = 0
-        self.keys: set = set()  # of the jobs in flight
+        self.initializer = initializer
+        self.pending: collections.deque = collections.deque()  # (job, future), under `lock`
+        self.lock = threading.Lock()
+        self.idle = True  # the thread waits for `wake`; under `lock`
+        self.wake: queue.SimpleQueue = queue.SimpleQueue()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self.work, name="store", daemon=True)
+        self.thread.start()
 
     def submit(self, job) -> asyncio.Future:
         # The loop, once: on Python 3.11 each asyncio.get_running_loop() is a getpid() call.
@@ -359,46 +361,63 @@ class Batcher:
         if loop is None or loop.is_closed():
             loop = self.loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.pending.append((job, future))
-        if self.running < self.concurrency:
-            self._start()
+        with self.lock:
+            self.pending.append((job, future))
+            if self.idle:
+                self.idle = False
+                self.wake.put(True)
         return future
 
-    def _start(self) -> None:
+    def _take(self) -> list:
+        """The next batch: up to `limit` pending jobs in order, a key twice only where the
+        kind shares batches. Called with `lock` held."""
         taken, later, keys = [], collections.deque(), set()
-        while self.pending and len(taken) < self.limit:
-            job, future = self.pending.popleft()
-            if job.key in self.keys or (
-                job.key in keys and not getattr(job, "shares_batch", False)
-            ):  # in a batch still running (or, unless its kind allows, in this one)
+        pending = self.pending
+        while pending and len(taken) < self.limit:
+            job, future = pending.popleft()
+            if job.key in keys and not getattr(job, "shares_batch", False):
                 later.append((job, future))
             else:
                 keys.add(job.key)
                 taken.append((job, future))
-        later.extend(self.pending)
-        self.pending = later
-        self.keys |= keys
-        if taken:
-            self.running += 1
-            run = self.pool.run(self.execute, [job for job, _f in taken], loop=self.loop)
-            run.add_done_callback(lambda done: self._finish(taken, done))
+        if later:
+            later.extend(pending)
+            self.pending = later
+        return taken
 
-    def _finish(self, taken: list, done: asyncio.Future) -> None:
-        self.running -= 1
-        if (error := done.exception()) is not None:
-            log.error("a batch of %d failed", len(taken), exc_info=error)
-            results = [self.failed] * len(taken)
-        else:
-            results = done.result()
-        for (job, future), result in zip(taken, results, strict=True):
-            self.keys.discard(job.key)
-            if not future.done():
-                future.set_result(result)
-        while self.pending and self.running < self.concurrency:
-            before = len(self.pending)
-            self._start()
-            if len(self.pending) == before:
-                break  # every pending job waits for a key in flight
+    def work(self) -> None:
+        if self.initializer is not None:
+            self.initializer()
+        while self.wake.get():
+            while True:
+                with self.lock:
+                    taken = self._take()
+                    if not taken:
+                        self.idle = True
+                        break
+                try:
+                    results = self.execute([job for job, _future in taken])
+                except Exception:
+                    log.exception("a batch of %d failed", len(taken))
+                    results = [self.failed] * len(taken)
+                try:
+                    taken[0][1].get_loop().call_soon_threadsafe(_settle_all, taken, results)
+                except RuntimeError:
+                    pass  # the loop is closed: nobody awaits these any more
+        from django.db import connections
+
+        connections.close_all()  # this thread's own connections
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let the thread finish the batch it runs and close its database connection."""
+        self.wake.put(False)
+        self.thread.join(timeout)
+
+
+def _settle_all(taken: list, results: list) -> None:
+    for (_job, future), result in zip(taken, results, strict=True):
+        if not future.done():
+            future.set_result(result)
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

@@ -17,7 +17,7 @@ from connector.events import EventRow
 from provisioning.answers import Answer
 
 # The most jobs one batch carries; more wait for the next.
-MAX_BATCH = 256
+MAX_BATCH = 1024
 
 
 class ValueRow(NamedTuple):
