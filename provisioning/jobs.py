@@ -116,6 +116,39 @@ class RecordJob:
 
 
 @dataclass(slots=True, eq=False)
+class SessionJob:
+    """An authenticated device's MQTT session opening (its row, its `connect` event, the
+    device's other sessions told to close, and the set values stored since its last session
+    ended, which the result carries) or ending (`disconnect`)."""
+
+    connector_id: str
+    device_id: int
+    connection: str  # the session's id
+    node: str  # the server process holding it
+    ip: str
+    now: int  # µs
+    opening: bool
+    event: EventRow
+    settable: tuple[str, ...] = ()  # opening: the aliases whose set values go down
+
+    max_batch: ClassVar[int] = MAX_BATCH
+    kind: ClassVar[str] = "session"
+
+    @property
+    def key(self) -> int:
+        """A device's opens and ends go in separate batches, in the order they came."""
+        return self.device_id
+
+
+class Opened(NamedTuple):
+    """A stored session opening: `since` (µs) is when the device's last session ended (set
+    values stored after it are news to the device), `downlink` those values, oldest first."""
+
+    since: int
+    downlink: list[tuple[str, str, int]]  # (alias, value, µs)
+
+
+@dataclass(slots=True, eq=False)
 class CertificateJob:
     """A certificate's first contact (SPEC.md section 7): store it and provision the identity,
     registering it when there is no row (`device_id` None), or rotating a stored certificate
@@ -142,7 +175,7 @@ class CertificateJob:
         return self.connector_id, self.identity
 
 
-Job = WriteJob | ClaimJob | RecordJob | CertificateJob
+Job = WriteJob | ClaimJob | RecordJob | CertificateJob | SessionJob
 
 
 class Outcome(enum.Enum):
@@ -154,4 +187,4 @@ class Outcome(enum.Enum):
 
 STORED, UNSTORED = Outcome.STORED, Outcome.UNSTORED
 # An Answer: not stored, and this is why (a record's collisions).
-JobResult = Outcome | Answer
+JobResult = Outcome | Answer | Opened

@@ -213,16 +213,21 @@ def announce(device_pk: int, aliases: list[str]) -> None:
     On PostgreSQL the notification joins the transaction (delivered on commit, to every
     process); statements that can carry it themselves (the device write) do so instead.
     """
-    if not aliases:
+    announce_keys([(device_pk, alias) for alias in aliases])
+
+
+def announce_keys(keys: list[Key]) -> None:
+    """`announce` of many devices' aliases: one statement (PostgreSQL) or one hand-over."""
+    if not keys:
         return
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pg_notify(%s, x) FROM unnest(%s::text[]) AS x",
-                [CHANNEL, [f"{device_pk}:{alias}" for alias in aliases]],
+                [CHANNEL, [f"{device_pk}:{alias}" for device_pk, alias in keys]],
             )
     else:
-        announce_local(device_pk, aliases)
+        announce_keys_local(keys)
 
 
 # A wake-up of no device (device 0): the sessions of this connector are to be checked again
@@ -234,12 +239,6 @@ def announce_connector(connector_id: str) -> None:
     """Once the current transaction commits, every server process looks again at the MQTT
     sessions it holds for this connector (`provisioning.mqtt.gateway`)."""
     announce(0, [CONNECTOR_KEY + connector_id])
-
-
-def announce_local(device_pk: int, aliases: list[str]) -> None:
-    """SQLite (PostgreSQL statements send their own `pg_notify`): after the commit, wake this
-    process's polls and tell the other server processes."""
-    announce_keys_local([(device_pk, alias) for alias in aliases])
 
 
 def announce_keys_local(keys: list[Key]) -> None:

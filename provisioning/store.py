@@ -28,10 +28,19 @@ from connector import events, outbox
 from connector.models import Event
 from connector.sql import insert_rows, tables
 from connector.sql import run as sql_run
-from devices.models import AliasValue, DataPoint, Device, DeviceAuthType, Status
+from devices.models import AliasValue, DataPoint, Device, DeviceAuthType, DeviceSession, Status
 from provisioning import longpoll, rules, store_pg, store_sqlite
 from provisioning.answers import Answer
-from provisioning.jobs import STORED, UNSTORED, CertificateJob, Job, JobResult, RecordJob
+from provisioning.jobs import (
+    STORED,
+    UNSTORED,
+    CertificateJob,
+    Job,
+    JobResult,
+    Opened,
+    RecordJob,
+    SessionJob,
+)
 from provisioning.rows import WRITER_LOCK, touch
 from provisioning.wire import encode_pairs
 
@@ -49,6 +58,9 @@ def execute(jobs: list[Job]) -> list[JobResult]:
         if kind in ("write", "claim"):
             backend = _backend()
             results = backend.write(jobs) if kind == "write" else backend.claim(jobs)
+        elif kind == "session":
+            with WRITER_LOCK.held(), transaction.atomic():
+                results = _sessions(jobs)
         else:
             with WRITER_LOCK.held(), transaction.atomic():
                 store = _record if kind == "record" else _certificate
@@ -145,6 +157,96 @@ def _latest_sql(nrows: int) -> str:
         f" ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
         f' "set" = COALESCE(excluded."set", {table}."set"), timestamp = excluded.timestamp'
         f" WHERE excluded.timestamp > {table}.timestamp RETURNING alias"
+    )
+
+
+# --- MQTT sessions (both backends) -----------------------------------------------------------
+
+SESSION_COLUMNS = ["device_id", "connection", "node", "ip", "connected_at", "disconnected_at"]
+# The wake-up "alias" that tells a device's other sessions a newer one connected.
+SESSION_KEY = "$session:"
+
+
+def _sessions(jobs: list[SessionJob]) -> list[JobResult]:
+    """Open and end sessions in job order (a device's are in separate batches): for the
+    batch, one read of the devices' last sessions and one of their set values, one upsert
+    of the opened sessions, the events and the outbox rows."""
+    opening = [job.device_id for job in jobs if job.opening]
+    previous: dict[int, tuple[int | None, int | None]] = {}
+    stored_sets: dict[int, list[tuple[str, str, int]]] = {}
+    if opening:
+        rows = (
+            DeviceSession.objects.select_for_update()
+            .filter(device_id__in=opening)
+            .values_list("device_id", "connected_at", "disconnected_at")
+        )
+        previous = {device_id: (started, ended) for device_id, started, ended in rows}
+        values = AliasValue.objects.filter(device_id__in=opening, set__isnull=False)
+        for device_id, alias, value, timestamp in values.values_list(
+            "device_id", "alias", "set", "timestamp"
+        ):
+            stored_sets.setdefault(device_id, []).append((alias, value, timestamp))
+    results: list[JobResult] = []
+    opened, logged, sent, announced = [], [], [], []
+    for job in jobs:
+        logged.append(job.event)
+        sent.append(
+            outbox.row(
+                job.connector_id,
+                "connect" if job.opening else "disconnect",
+                job.device_id,
+                job.event.identity,
+                job.ip,
+                job.now,
+                protocol="mqtt",
+                connection_id=job.connection,
+            )
+        )
+        if not job.opening:
+            sql_run(_end_session_sql(), [job.now, job.device_id, job.connection], fetch=False)
+            results.append(STORED)
+            continue
+        opened.append((job.device_id, job.connection, job.node, job.ip, job.now, None))
+        announced.append((job.device_id, SESSION_KEY + job.connection))
+        since = _since(previous.get(job.device_id))
+        settable = set(job.settable)
+        downlink = sorted(
+            (row for row in stored_sets.get(job.device_id, ()) if row[0] in settable),
+            key=lambda row: row[2],
+        )
+        results.append(Opened(since, [row for row in downlink if row[2] > since]))
+    # A device opened in this batch has one row: the upsert keeps `disconnected_at`.
+    insert_rows(
+        DeviceSession,
+        SESSION_COLUMNS,
+        opened,
+        conflict=["device_id"],
+        update=["connection", "node", "ip", "connected_at"],
+    )
+    insert_rows(Event, events.COLUMNS, logged)
+    outbox.add(sent)
+    longpoll.announce_keys(announced)
+    return results
+
+
+def _since(previous: tuple[int | None, int | None] | None) -> int:
+    """When the device's last session ended; for a session whose process died without
+    ending it, when it started; 0 for a first session."""
+    if previous is None:
+        return 0
+    started, ended = previous
+    if started and ended and ended < started:
+        return started
+    return ended or started or 0
+
+
+@lru_cache(maxsize=1)
+def _end_session_sql() -> str:
+    """The session ends unless a newer one of the device took its row over."""
+    (table,) = tables(DeviceSession)
+    return (
+        f"UPDATE {table} SET connected_at = NULL, disconnected_at = %s"  # noqa: S608
+        " WHERE device_id = %s AND connection = %s"
     )
 
 

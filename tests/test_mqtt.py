@@ -263,6 +263,39 @@ def test_cloud_set_reaches_connected_sessions_and_pending_ones_on_connect(
         device.message(timeout=0.5)
 
 
+def test_a_set_stored_while_the_session_opens_is_not_missed(
+    mqtt_connector, make_device, gateway, live_server
+):
+    """Sessions open in batches (the store's group commit). A cloud set committed after the
+    batch read the device's set values, before the session is open, still goes down."""
+    from iotconnector.front import Batcher
+    from provisioning import store
+
+    device_services.whitelist_device(mqtt_connector, "00000009")
+    token = provision(make_device, "00000009")
+    row = Device.objects.get(identity="00000009")
+
+    def opened_then_set(jobs):
+        results = store.execute(jobs)
+        device_services.set_state(row, {"setpoint": "5"})  # its wake-up reaches the loop
+        time.sleep(0.3)  # before the batch's results do
+        return results
+
+    front = live_server.app
+    saved = front.batchers.pop("session", None)
+    front.batchers["session"] = Batcher(opened_then_set, 64, failed=store.UNSTORED)
+    try:
+        device = make_device()
+        assert device.connect("", token) == codec.ACCEPTED
+        topic, payload, _ = device.message()
+        assert topic.startswith("$resource/setpoint/") and payload == b"5"
+        device.stop()
+    finally:
+        front.batchers.pop("session").stop()
+        if saved is not None:
+            front.batchers["session"] = saved
+
+
 def test_a_newer_connection_closes_the_older(mqtt_connector, make_device):
     device_services.whitelist_device(mqtt_connector, "00000004")
     token = provision(make_device, "00000004")

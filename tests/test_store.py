@@ -674,3 +674,102 @@ def test_sqlite_batches_take_turns_on_a_file_lock_beside_the_database(sqlite_pai
         assert writing.result(timeout=10).status_code == 204
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT reported FROM devices_aliasvalue").fetchall() == [("second",)]
+
+
+# --- MQTT sessions: opened and ended in batches ------------------------------------------------
+
+
+def test_sessions_open_and_end_in_one_batch_with_the_set_values_each_missed(line):
+    """A batch of MQTT session opens: one statement per step whatever the number of
+    sessions, each device's set values stored since its last session ended (SPEC.md §8),
+    its `connect` logged, its other sessions told to close; ends in job order after."""
+    from devices.models import DeviceSession
+    from provisioning.auth import Credentials, authenticate_credentials
+    from provisioning.jobs import Opened
+    from provisioning.mqtt.device import session_job
+
+    connector, tokens = line
+    rows = {
+        identity: authenticate_credentials(
+            connector.pk, "127.0.0.1", Credentials(token=token), secure=True
+        )
+        for identity, token in tokens.items()
+    }
+    ids = {identity: row.id for identity, row in rows.items()}
+    for identity in rows:
+        device_services.set_state(Device.objects.get(pk=ids[identity]), {"setpoint": "7"})
+    stamps = dict(
+        AliasValue.objects.filter(alias="setpoint").values_list("device__identity", "timestamp")
+    )
+    set_at = stamps["dev-0"]
+    # dev-0's last session ended after that set; dev-1 never connected; dev-2's process
+    # died while it was connected, before the set: it has missed it.
+    DeviceSession.objects.create(
+        device_id=ids["dev-0"],
+        node="n",
+        connection="old0",
+        connected_at=set_at - 10,
+        disconnected_at=set_at + 5,
+    )
+    DeviceSession.objects.create(
+        device_id=ids["dev-2"],
+        node="n",
+        connection="old2",
+        connected_at=set_at - 20,
+        disconnected_at=set_at - 30,
+    )
+
+    def opening(identity):
+        return session_job(
+            rows[identity],
+            "198.51.100.7",
+            f"c-{identity}",
+            "node-1",
+            opening=True,
+            settable=("setpoint",),
+        )
+
+    with statements_counted() as one:
+        store.execute([opening("dev-1")])
+    DeviceSession.objects.filter(device_id=ids["dev-1"]).delete()
+    with statements_counted() as three:
+        results = store.execute([opening(identity) for identity in ("dev-0", "dev-1", "dev-2")])
+    assert len(three) == len(one)  # per batch, not per session
+    assert results == [
+        Opened(set_at + 5, []),
+        Opened(0, [("setpoint", "7", stamps["dev-1"])]),
+        Opened(set_at - 20, [("setpoint", "7", stamps["dev-2"])]),
+    ]
+    sessions = {s.device_id: s for s in DeviceSession.objects.all()}
+    assert {i: sessions[i].connection for i in ids.values()} == {
+        ids["dev-0"]: "c-dev-0",
+        ids["dev-1"]: "c-dev-1",
+        ids["dev-2"]: "c-dev-2",
+    }
+    assert all(s.connected_at and s.node == "node-1" for s in sessions.values())
+    assert sessions[ids["dev-0"]].disconnected_at == set_at + 5  # the last session's end, kept
+    connects = Event.objects.filter(type=EventType.CONNECT, identity="dev-1")
+    assert connects.count() == 2
+    assert connects.first().payload == {"connection_id": "c-dev-1"}
+
+    # dev-0's stale connection ends: dev-0 stays connected; dev-1's own ends it.
+    ends = [
+        session_job(
+            rows["dev-0"], "198.51.100.7", "old0", "node-1", opening=False, reason="the client left"
+        ),
+        session_job(
+            rows["dev-1"],
+            "198.51.100.7",
+            "c-dev-1",
+            "node-1",
+            opening=False,
+            reason="the connection was lost",
+        ),
+    ]
+    assert store.execute(ends) == [STORED, STORED]
+    sessions = {s.device_id: s for s in DeviceSession.objects.all()}
+    assert sessions[ids["dev-0"]].connected_at is not None
+    assert sessions[ids["dev-1"]].connected_at is None
+    assert sessions[ids["dev-1"]].disconnected_at == ends[1].now
+    lost = Event.objects.get(type=EventType.DISCONNECT, identity="dev-1")
+    assert lost.payload == {"connection_id": "c-dev-1", "reason": "the connection was lost"}

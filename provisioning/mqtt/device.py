@@ -10,26 +10,26 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections
 
-from connector import events, outbox
-from connector.models import MQTT_PROTOCOL, Event, EventType, now_us
+from connector import events
+from connector.models import MQTT_PROTOCOL, EventType, now_us
 from connector.sql import insert_rows
 from devices.models import AliasValue, DeviceSession
-from provisioning import auth, connectors, longpoll, rules, services
+from provisioning import auth, connectors, rules, services, store
 from provisioning.answers import Answer, Pending, refused
 from provisioning.auth import Credentials, DeviceRow, authenticate_credentials
 from provisioning.certauth import authenticate_chain
+from provisioning.jobs import SessionJob
 from provisioning.models import GatewayNode
 from provisioning.mqtt import codec
 from provisioning.refusals import activation_refused, write_refused
 
 PROTOCOL = "mqtt"
-# The wake-up "alias" that tells a device's other sessions a newer one connected.
-SESSION_KEY = "$session:"
+SESSION_KEY = store.SESSION_KEY
 NODE_SEEN_EVERY_S = 15
 NODE_ALIVE_US = 3 * NODE_SEEN_EVERY_S * 1_000_000
 
@@ -51,12 +51,11 @@ def connack_code(answer: Answer) -> int:
 @dataclass
 class Authorized:
     """What a CONNECT earned: a CONNACK code and, when accepted, the device (None for an
-    anonymous connection, which may only provision) and the set values to send it."""
+    anonymous connection, which may only provision) and the job opening its session."""
 
     code: int
     device: DeviceRow | None = None
-    downlink: list[tuple[str, str, int]] = field(default_factory=list)  # (alias, value, µs)
-    since: int = 0  # µs: set values stored after this are news to the session
+    job: SessionJob | None = None
 
 
 def _fresh(function):
@@ -76,7 +75,8 @@ def _fresh(function):
 def authorize(
     connector_id: str, ip: str, connect: codec.Connect, chain_pem: str, connection: str, node: str
 ) -> Authorized:
-    """Authenticate a CONNECT (SPEC.md section 8) and, when accepted, open its session."""
+    """Authenticate a CONNECT (SPEC.md section 8); when accepted, the job opening its session
+    (the gateway hands it to the store, whose group commit opens many at once)."""
     entry, failures = connectors.load(connector_id, ip)
     if entry is None or entry.connector.protocol_name != MQTT_PROTOCOL:
         return Authorized(codec.REFUSED_NOT_AUTHORIZED)
@@ -105,37 +105,52 @@ def authorize(
         return Authorized(connack_code(found))
     if connect.client_id not in ("", found.identity):
         return Authorized(codec.REFUSED_IDENTIFIER)
-    since, downlink = open_session(found, ip, connection, node)
-    return Authorized(codec.ACCEPTED, found, downlink, since)
+    settable = tuple(
+        alias
+        for alias, definition in services.definitions(found, ip).resources.items()
+        if definition.get("settable")
+    )
+    job = session_job(found, ip, connection, node, opening=True, settable=settable)
+    return Authorized(codec.ACCEPTED, found, job)
 
 
-def open_session(
-    device: DeviceRow, ip: str, connection: str, node: str
-) -> tuple[int, list[tuple[str, str, int]]]:
-    """Mark the device connected (its `connect` event, its other sessions told to close) and
-    read the set values stored since its last session ended."""
+def session_job(
+    device: DeviceRow,
+    ip: str,
+    connection: str,
+    node: str,
+    *,
+    opening: bool,
+    reason: str = "",
+    settable: tuple[str, ...] = (),
+) -> SessionJob:
+    """The store's job opening the device's session (its `connect` event) or ending it (its
+    `disconnect`, with the reason)."""
     now = now_us()
-    with transaction.atomic():
-        previous = (
-            DeviceSession.objects.select_for_update()
-            .filter(device_id=device.id)
-            .values_list("connected_at", "disconnected_at")
-            .first()
-        )
-        insert_rows(
-            DeviceSession,
-            ["device_id", "connection", "node", "ip", "connected_at", "disconnected_at"],
-            [(device.id, connection, node, ip, now, previous[1] if previous else None)],
-            conflict=["device_id"],
-            update=["connection", "node", "ip", "connected_at"],
-        )
-        _log(device, EventType.CONNECT, f"Connected over MQTT ({connection})", ip, connection, now)
-        longpoll.announce(device.id, [SESSION_KEY + connection])
-    # The last session's end; a session whose process died never ended: its start.
-    since = 0 if previous is None else (previous[1] or previous[0] or 0)
-    if previous and previous[0] and previous[1] and previous[1] < previous[0]:
-        since = previous[0]
-    return since, set_values(device, since)
+    if opening:
+        kind, summary, payload = EventType.CONNECT, f"Connected over MQTT ({connection})", {}
+    else:
+        kind, summary = EventType.DISCONNECT, f"Disconnected ({reason})"
+        payload = {"reason": reason}
+    event = events.row(
+        device.connector_id,
+        kind,
+        summary[:250],
+        identity=device.identity,
+        source_ip=ip,
+        payload={"connection_id": connection, **payload},
+    )
+    return SessionJob(
+        device.connector_id,
+        device.id,
+        connection,
+        node,
+        ip,
+        now,
+        opening,
+        event._replace(time=now),
+        settable,
+    )
 
 
 def set_values(device: DeviceRow, since: int, aliases=None) -> list[tuple[str, str, int]]:
@@ -184,43 +199,6 @@ class _ById:
     connector_id: str
     device_id: int
     hashes: tuple = ()
-
-
-def close_session(device: DeviceRow, ip: str, connection: str, reason: str) -> None:
-    """The session ended: the device is disconnected unless a newer session took over."""
-    now = now_us()
-    with transaction.atomic():
-        DeviceSession.objects.filter(device_id=device.id, connection=connection).update(
-            connected_at=None, disconnected_at=now
-        )
-        _log(
-            device,
-            EventType.DISCONNECT,
-            f"Disconnected ({reason})"[:250],
-            ip,
-            connection,
-            now,
-            {"reason": reason},
-        )
-
-
-def _log(device, kind, summary, ip, connection, now, extra=None) -> None:
-    payload = {"connection_id": connection, **(extra or {})}
-    event = events.row(
-        device.connector_id, kind, summary, identity=device.identity, source_ip=ip, payload=payload
-    )
-    insert_rows(Event, events.COLUMNS, [event._replace(time=now)])
-    row = outbox.row(
-        device.connector_id,
-        str(kind),
-        device.id,
-        device.identity,
-        ip,
-        now,
-        protocol=PROTOCOL,
-        connection_id=connection,
-    )
-    outbox.add([row])
 
 
 @_fresh

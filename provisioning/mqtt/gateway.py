@@ -28,6 +28,7 @@ from connector.models import MQTT_PROTOCOL, now_us
 from provisioning import connectors, longpoll, rules, services, values, wire
 from provisioning.answers import Answer, Pending
 from provisioning.host import device_host_connector
+from provisioning.jobs import STORED, Opened
 from provisioning.mqtt import codec, device, tls
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ class Session(asyncio.Protocol):
         "tokens",
         "refilled",
         "reason",
+        "opened",
     )
 
     def __init__(self, gateway: Gateway):
@@ -245,6 +247,7 @@ class Session(asyncio.Protocol):
         self.tokens = float(settings.MQTT_PUBLISH_BURST)
         self.refilled = time.monotonic()
         self.reason = ""
+        self.opened = False  # the store opened the session: its end is to be stored
 
     # --- Transport -------------------------------------------------------------------------
 
@@ -270,13 +273,9 @@ class Session(asyncio.Protocol):
         if not self.ip:
             return
         self.gateway.detach(self)
-        if self.device is not None:
-            reason = self.reason or ("the connection was lost" if exc else "the client left")
-            self.gateway.spawn(
-                self.gateway.run_sync(
-                    device.close_session, self.device, self.ip, self.connection, reason
-                )
-            )
+        if self.opened:
+            self.reason = self.reason or ("the connection was lost" if exc else "the client left")
+            self.end_session()
 
     def data_received(self, data: bytes) -> None:
         if self.state == CLOSED:
@@ -525,11 +524,22 @@ class Session(asyncio.Protocol):
             gateway.node,
         )
         if self.state == CLOSED:
-            if found.device is not None:  # opened, then the client left at once
-                await gateway.run_sync(
-                    device.close_session, found.device, self.ip, self.connection, "left"
-                )
             return
+        opened = None
+        if found.job is not None:
+            # Attached before the session is stored, so that a set value stored meanwhile
+            # wakes it (`woken` while AUTHENTICATING) and is not missed.
+            self.device = found.device
+            gateway.attach(self)
+            opened = await gateway.front.store(found.job)
+            if not isinstance(opened, Opened):
+                found.code = codec.REFUSED_UNAVAILABLE  # the batch failed: try again later
+            elif self.state == CLOSED:  # the client left meanwhile
+                self.reason = self.reason or "the client left"
+                self.end_session()
+                return
+            else:
+                self.opened = True
         self.send(codec.encode_connack(found.code))
         if found.code != codec.ACCEPTED:
             self.close(f"CONNACK {found.code}")
@@ -547,10 +557,27 @@ class Session(asyncio.Protocol):
             self.timer.cancel()
             self._arm(self.keepalive * KEEPALIVE_GRACE)
             return
-        self.device = found.device
-        self.since = found.since
-        gateway.attach(self)
-        self.deliver(found.downlink)
+        self.since = opened.since
+        self.deliver(opened.downlink)
+        if self.dirty:
+            self.check_downlink()
+
+    def end_session(self) -> None:
+        """The session's end, to the store: the device is disconnected unless a newer
+        session took over, and its `disconnect` logged with the reason."""
+        job = device.session_job(
+            self.device,
+            self.ip,
+            self.connection,
+            self.gateway.node,
+            opening=False,
+            reason=self.reason,
+        )
+        self.gateway.spawn(self._stored_end(job))
+
+    async def _stored_end(self, job) -> None:
+        if await self.gateway.front.store(job) is not STORED:
+            log.warning("MQTT: the end of session %s was not stored", self.connection)
 
     # --- Uplink ------------------------------------------------------------------------------
 
@@ -740,7 +767,7 @@ class Session(asyncio.Protocol):
     # --- Downlink ----------------------------------------------------------------------------
 
     def woken(self, alias: str) -> None:
-        if self.state != OPEN:
+        if self.state not in (OPEN, AUTHENTICATING):
             return
         if alias.startswith(device.SESSION_KEY):
             if alias[len(device.SESSION_KEY) :] != self.connection:
@@ -751,7 +778,7 @@ class Session(asyncio.Protocol):
         if definition is None or not definition.get("settable"):
             return  # only set values go down
         self.dirty.add(alias)
-        if not self.writing and not self.in_flight:
+        if self.state == OPEN and not self.writing and not self.in_flight:
             self.check_downlink()
 
     def check_downlink(self) -> None:
