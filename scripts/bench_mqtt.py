@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import ROOT, backend_options, each_backend, seed, start
+from benchlib import ROOT, backend_options, cpu_seconds, each_backend, seed, start
 
 sys.path.insert(0, str(ROOT))
 
@@ -313,11 +313,14 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> dict:
             await asyncio.sleep(2)
             # Connect storm: all at once.
             FAILED.clear()
+            cpu = cpu_seconds([worker]), cpu_seconds([os.getpid()])
             clients, took = await connect_many(
                 host, args.mqtt_port, context, tokens[: args.storm], args.storm
             )
             ok = [c for c in clients if c]
+            spent = cpu_seconds([worker]) - cpu[0], cpu_seconds([os.getpid()]) - cpu[1]
             results["storm"] = (len(ok) / took, args.storm - len(ok), dict(FAILED))
+            results["storm_cpu"] = tuple(1000 * seconds / max(1, len(ok)) for seconds in spent)
             FAILED.clear()
             for c in ok:
                 c.transport.close()
@@ -388,6 +391,8 @@ def report(name: str, r: dict) -> None:
         print(f"  … {r['window_size']} in flight  {w:8.0f}/s   {w / r['http']:.2f}x http")
     rate, refused, why = r["storm"]
     print(f"  connect storm         {rate:8.0f} sessions/s, {refused} did not open {why or ''}")
+    server_ms, client_ms = r["storm_cpu"]
+    print(f"{'':24}CPU per session: server {server_ms:.2f} ms, client {client_ms:.2f} ms")
     held, per, total_kb, why = r["idle"]
     worker_mb = total_kb / 1024
     print(f"  idle sessions         {held} held, {per:.1f} KB RSS each (worker {worker_mb:.0f} MB)")
