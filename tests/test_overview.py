@@ -45,6 +45,9 @@ def seeded(alice, bob, connector):
     for i in range(4):
         Device.objects.create(connector=connector, identity=f"p{i}", state="provisioned")
     other = create_connector(bob, "Bob's")
+    # What the fixtures logged at the real time came first, as it would have live (the
+    # events' time grows with their id).
+    Event.objects.filter(connector__in=[connector, other]).update(time=NOW_US - 40 * HOUR)
     planned = []  # (µs, connector, type, identity, reason), logged in time order as live
     for hours_ago in (30, 5, 2, 2):
         # Another connector's events interleave: they count for nobody here.
