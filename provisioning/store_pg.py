@@ -124,9 +124,13 @@ def _write_sql() -> str:
         f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked, d.auth_type FROM {device} d"
         " WHERE d.connector_id = job.connector_id AND d.auth_type = %s"
         " AND NOT (d.secret_hash = '') AND d.secret_hash = candidate.hash LIMIT 1) d"
+        # By primary key, the connector checked outside the LIMIT: a planner without
+        # statistics yet (a new database) took the connector's identity index instead,
+        # scanning every device of the connector per job.
         " UNION ALL SELECT job.n, d.id, d.identity, d.locked, d.auth_type FROM job"
-        f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked, d.auth_type FROM {device} d"
-        " WHERE d.id = job.device_id AND d.connector_id = job.connector_id LIMIT 1) d), "
+        " CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked, d.auth_type, d.connector_id"
+        f" FROM {device} d WHERE d.id = job.device_id LIMIT 1) d"
+        " WHERE d.connector_id = job.connector_id), "
         "dev AS (SELECT DISTINCT ON (job.n) job.*, found.id, found.identity, found.locked,"
         " found.auth_type,"
         " c.devmode, c.resources_version, c.events_enabled, a.last_ip, a.last_seen"
