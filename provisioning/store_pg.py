@@ -32,12 +32,10 @@ def write(jobs: list[WriteJob]) -> list[JobResult]:
             [
                 [n, j.connector_id, j.now, j.ip, j.secure, j.resources_version, j.device_id]
                 + [j.event.summary, j.event.payload, outbox.values_payload(j.now, j.pairs)]
-                + [j.protocol, j.connection_id]
+                + [j.protocol, j.connection_id, j.hashes, j.rows]  # rows: [alias, reported, set]
                 for n, j in enumerate(jobs)
             ]
         ),
-        json.dumps([[n, h] for n, j in enumerate(jobs) for h in j.hashes]),
-        json.dumps([[n, r.alias, r.reported, r.set] for n, j in enumerate(jobs) for r in j.rows]),
         DeviceAuthType.TOKEN,
         rules.ACTIVITY_EVERY_US,
         str(EventType.DATA_IN),
@@ -78,9 +76,13 @@ def _results(rows: list[tuple], count: int) -> list[JobResult]:
 
 def _json_rows(name: str, columns: list[str]) -> str:
     """A CTE of the rows of a JSON array of arrays passed as a parameter: element 0 is the
-    job number `n`, then `columns` in order, each optionally cast (`"now::bigint"`)."""
+    job number `n`, then `columns` in order, each optionally cast (`"now::bigint"`) or kept
+    as JSON (`"vals:json"`)."""
     fields = ["j->>0 AS n"]
     for index, column in enumerate(columns, start=1):
+        if column.endswith(":json"):  # an array of its own, kept as JSON
+            fields.append(f"j->{index} AS {column.removesuffix(':json')}")
+            continue
         column, _, cast = column.partition("::")
         fields.append(f"(j->>{index})::{cast} AS {column}" if cast else f"j->>{index} AS {column}")
     select = ", ".join(fields)  # names from this module only; values are parameters
@@ -98,49 +100,53 @@ _OUTBOX_WRITE = f"INSERT INTO {OutboxEvent._meta.db_table} ({', '.join(outbox.CO
 
 @lru_cache(maxsize=1)
 def _write_sql() -> str:
-    """The jobs, their token hashes and their values come as three JSON arrays of arrays,
-    joined by job number `n`; a job names its device by token hashes or by `device_id`.
-    Several jobs may be one device's (`WriteJob.shares_batch`): each is logged, the last
-    one's values and last seen are kept (an upsert may touch a row only once).
-    LATERAL … LIMIT 1 keeps the token lookup an index probe per job even in the generic
-    plan of the prepared statement."""
+    """The jobs come as one JSON array of arrays, each with its token hashes and its values
+    as arrays of its own (`hashes`, `vals`), unnested beside their job: nothing is joined
+    on the job number, so no plan can turn the batch into a nested loop of jobs × jobs (with
+    statistics, the planner estimated one job and did so: a batch of 1,000 took 5 s). A job
+    names its device by token hashes or by `device_id`. Several jobs may be one device's
+    (`WriteJob.shares_batch`): each is logged, the last one's values and last seen are kept
+    (an upsert may touch a row only once). LATERAL … LIMIT 1 keeps each lookup an index
+    probe per job even in the generic plan of the prepared statement."""
     device, conn, activity, value, event, point = tables(
         Device, Connector, DeviceActivity, AliasValue, Event, DataPoint
     )
     job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
     job += ["device_id::bigint", "summary", "payload", "outbox", "protocol", "connection"]
+    job += ["hashes:json", "vals:json"]
     allowed = rules.sql_device_allowed(
         locked="dev.locked", devmode="dev.devmode", secure="dev.secure"
     )
     due = rules.sql_activity_due(
         last_ip="ok.last_ip", last_seen="ok.last_seen", ip="ok.ip", now="ok.now"
     )
+    values = (
+        "CROSS JOIN LATERAL (SELECT v->>0 AS alias, v->>1 AS reported, v->>2 AS set_value"
+        " FROM json_array_elements(ok.vals) AS v) val"
+    )
+    columns = "d.id, d.identity, d.locked, d.auth_type"
     return (
         f"WITH {_json_rows('job', job)}, "  # noqa: S608
-        f"{_json_rows('candidate', ['hash'])}, "
-        f"{_json_rows('val', ['alias', 'reported', 'set_value'])}, "
-        "found AS (SELECT job.n, d.id, d.identity, d.locked, d.auth_type FROM job"
-        " JOIN candidate ON candidate.n = job.n"
-        f" CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked, d.auth_type FROM {device} d"
+        f"found AS (SELECT job.*, {columns} FROM job"
+        " CROSS JOIN LATERAL json_array_elements_text(job.hashes) AS candidate(hash)"
+        f" CROSS JOIN LATERAL (SELECT {columns} FROM {device} d"
         " WHERE d.connector_id = job.connector_id AND d.auth_type = %s"
         " AND NOT (d.secret_hash = '') AND d.secret_hash = candidate.hash LIMIT 1) d"
         # By primary key, the connector checked outside the LIMIT: a planner without
         # statistics yet (a new database) took the connector's identity index instead,
         # scanning every device of the connector per job.
-        " UNION ALL SELECT job.n, d.id, d.identity, d.locked, d.auth_type FROM job"
-        " CROSS JOIN LATERAL (SELECT d.id, d.identity, d.locked, d.auth_type, d.connector_id"
-        f" FROM {device} d WHERE d.id = job.device_id LIMIT 1) d"
-        " WHERE d.connector_id = job.connector_id), "
-        "dev AS (SELECT DISTINCT ON (job.n) job.*, found.id, found.identity, found.locked,"
-        " found.auth_type,"
+        f" UNION ALL SELECT job.*, {columns} FROM job"
+        f" CROSS JOIN LATERAL (SELECT {columns}, d.connector_id FROM {device} d"
+        " WHERE d.id = job.device_id LIMIT 1) d WHERE d.connector_id = job.connector_id), "
+        "dev AS (SELECT DISTINCT ON (found.n) found.*,"
         " c.devmode, c.resources_version, c.events_enabled, a.last_ip, a.last_seen"
-        " FROM job JOIN found ON found.n = job.n"
-        f" JOIN {conn} c ON c.id = job.connector_id"
-        f" LEFT JOIN {activity} a ON a.device_id = found.id ORDER BY job.n), "
-        f"ok AS (SELECT * FROM dev WHERE {allowed} AND dev.resources_version = dev.version), "
+        f" FROM found JOIN {conn} c ON c.id = found.connector_id"
+        f" LEFT JOIN {activity} a ON a.device_id = found.id ORDER BY found.n), "
+        f"ok AS MATERIALIZED (SELECT * FROM dev WHERE {allowed}"
+        " AND dev.resources_version = dev.version), "
         f'stored AS (INSERT INTO {value} (device_id, alias, reported, "set", timestamp)'
         " SELECT DISTINCT ON (ok.id, val.alias) ok.id, val.alias, val.reported,"
-        " val.set_value, ok.now FROM ok JOIN val ON val.n = ok.n"
+        f" val.set_value, ok.now FROM ok {values}"
         " ORDER BY ok.id, val.alias, ok.n::int DESC"  # a device's writes: the last one's
         " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
         f' "set" = COALESCE(excluded."set", {value}."set"), timestamp = excluded.timestamp'
@@ -148,7 +154,7 @@ def _write_sql() -> str:
         f"notified AS ({longpoll.NOTIFY_STORED}), "
         # Every written value is history too (devices.history), at the write's time.
         f"history AS (INSERT INTO {point} (device_id, alias, timestamp, value)"
-        " SELECT ok.id, val.alias, ok.now, val.reported FROM ok JOIN val ON val.n = ok.n"
+        f" SELECT ok.id, val.alias, ok.now, val.reported FROM ok {values}"
         " WHERE val.reported IS NOT NULL ON CONFLICT DO NOTHING), "
         f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
         f" SELECT DISTINCT ON (ok.id) ok.id, ok.ip, ok.now FROM ok WHERE {due}"
@@ -160,8 +166,10 @@ def _write_sql() -> str:
         " ok.payload::jsonb FROM ok), "
         f"outboxed AS ({_OUTBOX_WRITE} SELECT ok.connector_id, ok.id %% %s, 'data_in',"
         " ok.identity, host(ok.ip), ok.protocol, ok.now, ok.outbox, ok.connection FROM ok"
-        " WHERE ok.events_enabled) "
-        "SELECT ok.n FROM ok, (SELECT count(*) FROM notified) AS notes"
+        " WHERE ok.events_enabled), "
+        # The wake-ups are sent once: counted in a CTE of its own, not again per job.
+        "notes AS MATERIALIZED (SELECT count(*) FROM notified) "
+        "SELECT ok.n FROM ok, notes"
     )
 
 
