@@ -25,40 +25,14 @@ from provisioning import connectors, longpoll, ratelimit, rules
 from provisioning.jobs import STORED, UNSTORED, ClaimJob, JobResult, WriteJob
 from provisioning.models import AuthFailure
 
-# A write job as the statement reads it: one JSON object per job, its fields typed once by
-# json_to_recordset (an array read with `->>` per field parsed the element again each time).
-WRITE_FIELDS = {
-    "n": "int",
-    "connector_id": "text",
-    "now": "bigint",
-    "ip": "inet",
-    "secure": "bool",
-    "version": "int",
-    "device_id": "bigint",
-    "summary": "text",
-    "payload": "text",
-    "outbox": "text",
-    "protocol": "text",
-    "connection": "text",
-    "hashes": "json",  # the token's hashes (none for a device named by id)
-    "vals": "json",  # [alias, reported, set] per value
-}
-
 
 def write(jobs: list[WriteJob]) -> list[JobResult]:
     params = [
         json.dumps(
             [
-                dict(
-                    zip(
-                        WRITE_FIELDS,
-                        (n, j.connector_id, j.now, j.ip, j.secure, j.resources_version)
-                        + (j.device_id, j.event.summary, j.event.payload)
-                        + (outbox.values_payload(j.now, j.pairs), j.protocol, j.connection_id)
-                        + (j.hashes, j.rows),  # rows: [alias, reported, set]
-                        strict=True,
-                    )
-                )
+                [n, j.connector_id, j.now, j.ip, j.secure, j.resources_version, j.device_id]
+                + [j.event.summary, j.event.payload, outbox.values_payload(j.now, j.pairs)]
+                + [j.protocol, j.connection_id, j.hashes, j.rows]  # rows: [alias, reported, set]
                 for n, j in enumerate(jobs)
             ]
         ),
@@ -102,9 +76,13 @@ def _results(rows: list[tuple], count: int) -> list[JobResult]:
 
 def _json_rows(name: str, columns: list[str]) -> str:
     """A CTE of the rows of a JSON array of arrays passed as a parameter: element 0 is the
-    job number `n`, then `columns` in order, each optionally cast (`"now::bigint"`)."""
+    job number `n`, then `columns` in order, each optionally cast (`"now::bigint"`) or kept
+    as JSON (`"vals:json"`)."""
     fields = ["j->>0 AS n"]
     for index, column in enumerate(columns, start=1):
+        if column.endswith(":json"):  # an array of its own, kept as JSON
+            fields.append(f"j->{index} AS {column.removesuffix(':json')}")
+            continue
         column, _, cast = column.partition("::")
         fields.append(f"(j->>{index})::{cast} AS {column}" if cast else f"j->>{index} AS {column}")
     select = ", ".join(fields)  # names from this module only; values are parameters
@@ -133,7 +111,9 @@ def _write_sql() -> str:
     device, conn, activity, value, event, point = tables(
         Device, Connector, DeviceActivity, AliasValue, Event, DataPoint
     )
-    record = ", ".join(f"{name} {kind}" for name, kind in WRITE_FIELDS.items())
+    job = ["connector_id", "now::bigint", "ip::inet", "secure::bool", "version::int"]
+    job += ["device_id::bigint", "summary", "payload", "outbox", "protocol", "connection"]
+    job += ["hashes:json", "vals:json"]
     allowed = rules.sql_device_allowed(
         locked="dev.locked", devmode="dev.devmode", secure="dev.secure"
     )
@@ -146,7 +126,7 @@ def _write_sql() -> str:
     )
     columns = "d.id, d.identity, d.locked, d.auth_type"
     return (
-        f"WITH job AS (SELECT * FROM json_to_recordset(%s::json) AS j({record})), "  # noqa: S608
+        f"WITH {_json_rows('job', job)}, "  # noqa: S608
         f"found AS (SELECT job.*, {columns} FROM job"
         " CROSS JOIN LATERAL json_array_elements_text(job.hashes) AS candidate(hash)"
         f" CROSS JOIN LATERAL (SELECT {columns} FROM {device} d"
@@ -158,21 +138,16 @@ def _write_sql() -> str:
         f" UNION ALL SELECT job.*, {columns} FROM job"
         f" CROSS JOIN LATERAL (SELECT {columns}, d.connector_id FROM {device} d"
         " WHERE d.id = job.device_id LIMIT 1) d WHERE d.connector_id = job.connector_id), "
-        # Connector and last seen by key per job too: a plain join, planned for the few
-        # jobs the statistics suggest, scanned the whole activity table once per job.
         "dev AS (SELECT DISTINCT ON (found.n) found.*,"
         " c.devmode, c.resources_version, c.events_enabled, a.last_ip, a.last_seen"
-        " FROM found CROSS JOIN LATERAL (SELECT c.devmode, c.resources_version,"
-        f" c.events_enabled FROM {conn} c WHERE c.id = found.connector_id LIMIT 1) c"
-        " LEFT JOIN LATERAL (SELECT a.last_ip, a.last_seen"
-        f" FROM {activity} a WHERE a.device_id = found.id LIMIT 1) a ON true"
-        " ORDER BY found.n), "
+        f" FROM found JOIN {conn} c ON c.id = found.connector_id"
+        f" LEFT JOIN {activity} a ON a.device_id = found.id ORDER BY found.n), "
         f"ok AS MATERIALIZED (SELECT * FROM dev WHERE {allowed}"
         " AND dev.resources_version = dev.version), "
         f'stored AS (INSERT INTO {value} (device_id, alias, reported, "set", timestamp)'
         " SELECT DISTINCT ON (ok.id, val.alias) ok.id, val.alias, val.reported,"
         f" val.set_value, ok.now FROM ok {values}"
-        " ORDER BY ok.id, val.alias, ok.n DESC"  # a device's writes: the last one's
+        " ORDER BY ok.id, val.alias, ok.n::int DESC"  # a device's writes: the last one's
         " ON CONFLICT (device_id, alias) DO UPDATE SET reported = excluded.reported,"
         f' "set" = COALESCE(excluded."set", {value}."set"), timestamp = excluded.timestamp'
         " RETURNING device_id, alias), "
@@ -183,7 +158,7 @@ def _write_sql() -> str:
         " WHERE val.reported IS NOT NULL ON CONFLICT DO NOTHING), "
         f"seen AS (INSERT INTO {activity} (device_id, last_ip, last_seen)"
         f" SELECT DISTINCT ON (ok.id) ok.id, ok.ip, ok.now FROM ok WHERE {due}"
-        " ORDER BY ok.id, ok.n DESC"
+        " ORDER BY ok.id, ok.n::int DESC"
         " ON CONFLICT (device_id) DO UPDATE SET last_ip = excluded.last_ip,"
         " last_seen = excluded.last_seen), "
         f"logged AS (INSERT INTO {event} ({_event_columns()})"
