@@ -21,7 +21,7 @@ from django.http import HttpRequest
 from connector import events, keys
 from connector.models import Connector, EventType
 from connector.sql import run as sql_run
-from connector.sql import tables
+from connector.sql import run_packed, tables
 from devices.models import Device, DeviceActivity, DeviceAuthType
 from provisioning import connectors, ratelimit, rules
 from provisioning.answers import NOT_FOUND, Answer, refused, text, too_many
@@ -142,13 +142,14 @@ def writers(jobs) -> dict[tuple, DeviceRow]:
     found: dict[tuple, DeviceRow] = {}
     if ids:
         where = f"d.id IN ({', '.join(['%s'] * len(ids))})"
-        for row in sql_run(lookup_sql(where, any_connector=True), ids):
+        for row in run_packed(lookup_sql(where, any_connector=True), ids, DeviceRow._fields):
             device = DeviceRow(*row)
             found[(device.connector_id, "id", device.id)] = device
     if hashes:
         where = token_where(len(hashes))
         params = [DeviceAuthType.TOKEN, *hashes]
-        for row in sql_run(lookup_sql(where, any_connector=True), params):
+        rows = run_packed(lookup_sql(where, any_connector=True), params, DeviceRow._fields)
+        for row in rows:
             device = DeviceRow(*row)
             found[(device.connector_id, "hash", device.secret_hash)] = device
     return found

@@ -220,6 +220,26 @@ def test_a_batch_larger_than_one_statement_takes_is_stored_whole(line, request):
     }
 
 
+def test_the_batch_lookup_read_in_one_step_gives_the_rows_a_plain_read_gives(line):
+    """The writers of a batch are read packed (one step on SQLite, not one per device):
+    every column comes back as a plain read gives it, awkward text, NULLs and flags too."""
+    from connector.sql import run, run_packed
+
+    connector, _tokens = line
+    odd = Device.objects.create(
+        connector=connector, identity='q"\\u00e9\u2603\\n\t\U0001f600', state="whitelisted"
+    )
+    DeviceActivity.objects.create(device=odd, last_ip="::1", last_seen=2**62)
+    Device.objects.create(connector=connector, identity="never-seen", state="whitelisted")
+    ids = list(Device.objects.filter(connector=connector).values_list("id", flat=True))
+    sql = auth.lookup_sql(f"d.id IN ({', '.join(['%s'] * len(ids))})", any_connector=True)
+    plain = sorted(run(sql, ids))
+    assert len(plain) == len(ids) >= 4
+    assert sorted(run_packed(sql, ids, auth.DeviceRow._fields)) == plain
+    assert any(row[6] is None for row in plain)  # a device never seen: NULL activity
+    assert run_packed(sql, [-1] * len(ids), auth.DeviceRow._fields) == []
+
+
 def test_a_write_the_statement_refuses_stores_nothing_and_the_others_are_stored(line):
     connector, tokens = line
     Device.objects.filter(identity="dev-1").update(locked=True)
