@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, NamedTuple
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -39,6 +38,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
+_ENCODER = DjangoJSONEncoder()  # one for every call: building one is most of a small dump
+
+
+def payload_json(payload: dict[str, Any] | None) -> str:
+    """The payload as stored: JSON, with any NUL a client sent made readable (`_clean`).
+    Encoded first as it is, which is every payload but a hostile one: a NUL can only show
+    as the escape `\\u0000` in the text, and only then is it cleaned and encoded again."""
+    if not payload:
+        return "{}"
+    text = _ENCODER.encode(payload)
+    return _ENCODER.encode(_clean(payload)) if "\\u0000" in text else text
+
+
 def row(
     connector: Connector | str,
     type: EventType | str,
@@ -48,20 +60,22 @@ def row(
     source_ip: str | None = None,
     actor=None,
     payload: dict[str, Any] | None = None,
+    time: int | None = None,
 ) -> EventRow:
-    """The event as a row of COLUMNS, for callers that insert it together with other rows."""
+    """The event as a row of COLUMNS, for callers that insert it together with other rows;
+    at `time` (µs) when given, else now."""
     connector_id = connector if isinstance(connector, str) else connector.pk
     user = actor if actor is not None and actor.is_authenticated else None
     return EventRow(
         connector_id,
-        now_us(),
+        now_us() if time is None else time,
         str(type),
-        _clean(identity[:128]),
+        identity[:128].replace("\x00", "\ufffd"),
         source_ip or None,
         user.pk if user else None,
         user.email if user else "",
-        _clean(summary[:300]),
-        json.dumps(_clean(payload) if payload else {}, cls=DjangoJSONEncoder),
+        summary[:300].replace("\x00", "\ufffd"),
+        payload_json(payload),
     )
 
 

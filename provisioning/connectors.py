@@ -12,7 +12,7 @@ database backend alike.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from django.db import connection
@@ -48,18 +48,16 @@ FINGERPRINT_FIELDS = tuple(f for f in FIELDS if f not in ("id", "resources", "re
 class CachedConnector:
     connector: Connector  # the device-facing fields only; never saved
     fingerprint: str  # of FINGERPRINT_FIELDS, as `sql_fingerprint` computes it
+    # Read on every device write: plain attributes, taken from the model once.
+    id: str = field(init=False)
+    resources: dict = field(init=False)
+    resources_version: int = field(init=False)
 
-    @property
-    def id(self) -> str:
-        return self.connector.pk
-
-    @property
-    def resources(self) -> dict:
-        return self.connector.resources or {}
-
-    @property
-    def resources_version(self) -> int:
-        return self.connector.resources_version
+    def __post_init__(self) -> None:
+        connector = self.connector
+        object.__setattr__(self, "id", connector.pk)
+        object.__setattr__(self, "resources", connector.resources or {})
+        object.__setattr__(self, "resources_version", connector.resources_version)
 
 
 _CACHE: dict[str, CachedConnector] = {}

@@ -93,17 +93,21 @@ def activate_device(
 # --- Writes -----------------------------------------------------------------------------------
 
 
-def write_event(connector_id: str, identity: str, pairs, ip: str, ignored=()) -> events.EventRow:
-    payload = {"values": {a: short(v) for a, v in pairs}}
+def write_event(
+    connector_id: str, identity: str, pairs, ip: str, ignored=(), time: int | None = None
+) -> events.EventRow:
+    shown = {a: short(v) for a, v in pairs}
+    payload = {"values": shown}
     if ignored:
         payload["not_stored"] = list(ignored)  # no resource of that alias is defined
     return events.row(
         connector_id,
         EventType.DATA_IN,
-        "Write " + ", ".join(f"{a}={short(v)}" for a, v in pairs)[:250],
+        "Write " + ", ".join(f"{a}={v}" for a, v in shown.items())[:250],
         identity=identity,
         source_ip=ip,
         payload=payload,
+        time=time,
     )
 
 
@@ -111,16 +115,17 @@ def _write_job(
     entry: CachedConnector, rows: list[ValueRow], pairs, ignored, ip, secure, **device
 ) -> WriteJob:
     now = now_us()
-    event = write_event(entry.id, device.pop("identity", ""), pairs, ip, ignored)
+    connector_id = entry.id
+    event = write_event(connector_id, device.pop("identity", ""), pairs, ip, ignored, now)
     return WriteJob(
-        connector_id=entry.id,
+        connector_id=connector_id,
         rows=rows,
         pairs=pairs,
         now=now,
         ip=ip,
         secure=rules.tls_or_insecure(secure),
         resources_version=entry.resources_version,
-        event=event._replace(time=now),
+        event=event,
         **device,
     )
 
@@ -156,6 +161,32 @@ def device_write(
         rows, ignored = split_write(entry.resources, pairs)
     except WireError as exc:
         return write_refused(device.connector_id, device.identity, pairs, ip, exc.reason)
+    return _device_job(entry, device, rows, pairs, ignored, ip, secure, protocol, connection_id)
+
+
+def device_write_in_loop(
+    entry: CachedConnector,
+    device: DeviceRow,
+    pairs: list[tuple[str, str]],
+    ip: str,
+    *,
+    secure: bool,
+    protocol: str,
+    connection_id: str,
+) -> Pending | None:
+    """`device_write` where no query may run (the event loop), with the connector's cached
+    `entry` (definitions of the device's `resources_version`): None when a value is refused,
+    which is `device_write`'s to log on a thread."""
+    try:
+        rows, ignored = split_write(entry.resources, pairs)
+    except WireError:
+        return None
+    return _device_job(entry, device, rows, pairs, ignored, ip, secure, protocol, connection_id)
+
+
+def _device_job(
+    entry, device, rows, pairs, ignored, ip, secure, protocol, connection_id
+) -> Pending:
     job = _write_job(
         entry,
         rows,

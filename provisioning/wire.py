@@ -94,9 +94,12 @@ def check_alias(alias: str) -> str:
         raise WireError(400, "empty alias")
     if len(alias) > MAX_ALIAS:
         raise WireError(400, f"alias longer than {MAX_ALIAS} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in alias):
+    if _CONTROL.search(alias):
         raise WireError(400, "alias contains control characters")
     return alias
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def encode_pairs(pairs) -> str:

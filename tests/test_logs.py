@@ -83,6 +83,27 @@ def test_device_api_and_management_actions_are_logged_with_reasons(connector, al
         assert token not in event.summary + str(event.payload)
 
 
+def test_an_event_with_nul_from_a_client_is_stored_readable_and_other_text_as_sent(connector):
+    """PostgreSQL refuses NUL in text and JSON: wherever a client put one (identity, summary,
+    a payload's keys, values and lists), the event is stored with U+FFFD instead; text that
+    merely spells the escape, and everything else, is stored as sent."""
+    events.record(
+        connector,
+        EventType.DATA_IN,
+        "Write a\x00b",
+        identity="dev\x00-1",
+        payload={"values": {"k\x00": "v\x00", "spelled": "\\u0000"}, "list": ["x\x00"]},
+    )
+    stored = Event.objects.get(connector=connector, type=EventType.DATA_IN)
+    assert (stored.summary, stored.identity) == ("Write a\ufffdb", "dev\ufffd-1")
+    assert stored.payload == {
+        "values": {"k\ufffd": "v\ufffd", "spelled": "\\u0000"},
+        "list": ["x\ufffd"],
+    }
+    assert events.payload_json({"values": {"temp": "21.5"}}) == '{"values": {"temp": "21.5"}}'
+    assert events.payload_json(None) == events.payload_json({}) == "{}"
+
+
 def test_logs_tab_filters_and_pages(browser_client, many, monkeypatch):
     monkeypatch.setattr("connector.logs.DEFAULT_LIMIT", 5)
     first = browser_client.get(logs_url(many))

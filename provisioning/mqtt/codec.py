@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 PROTOCOL_NAME = "MQTT"
 PROTOCOL_LEVEL = 4  # 3.1.1
@@ -54,8 +55,7 @@ class Connect:
     will: bool
 
 
-@dataclass(frozen=True)
-class Publish:
+class Publish(NamedTuple):  # the packet of the hot path: a tuple is the cheapest to build
     topic: str
     payload: bytes
     qos: int
@@ -102,18 +102,28 @@ class Reader:
         self.buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Packet]:
-        self.buffer += data
+        buffer = self.buffer
+        if buffer:  # the rest of a packet begun before: read once it is whole
+            buffer += data
+            header = _fixed_header(buffer, 0, self.max_packet)
+            if header is None or len(buffer) < header[1] + header[2]:
+                return []
+            data = bytes(buffer)
+            buffer.clear()
         packets = []
-        while True:
-            header = _fixed_header(self.buffer, self.max_packet)
+        at, end = 0, len(data)
+        while at < end:
+            header = _fixed_header(data, at, self.max_packet)
             if header is None:
-                return packets
+                break
             first, length, start = header
-            if len(self.buffer) < start + length:
-                return packets
-            body = bytes(self.buffer[start : start + length])
-            del self.buffer[: start + length]
-            packets.append(decode(first >> 4, first & 0x0F, body))
+            if end < start + length:
+                break
+            at = start + length
+            packets.append(decode(first >> 4, first & 0x0F, data[start:at]))
+        if at < end:
+            buffer += data[at:]
+        return packets
 
     @property
     def pending(self) -> int:
@@ -121,30 +131,30 @@ class Reader:
         return len(self.buffer)
 
 
-def _fixed_header(buffer: bytearray, max_packet: int) -> tuple[int, int, int] | None:
-    """(first byte, remaining length, where the body starts), or None until it has come."""
-    if not buffer:
-        return None
+def _fixed_header(data: bytes | bytearray, at: int, max_packet: int) -> tuple[int, int, int] | None:
+    """(first byte, remaining length, where the body starts) of the packet at `at`, or None
+    until its fixed header has come."""
+    end = len(data)
     length, multiplier = 0, 1
-    for index in range(1, 5):
-        if index >= len(buffer):
+    for index in range(at + 1, at + 5):
+        if index >= end:
             return None
-        byte = buffer[index]
+        byte = data[index]
         length += (byte & 0x7F) * multiplier
         if length > max_packet:
             raise ProtocolError(f"a packet of over {max_packet} bytes")
         if not byte & 0x80:
-            return buffer[0], length, index + 1
+            return data[at], length, index + 1
         multiplier *= 128
     raise ProtocolError("malformed remaining length (more than 4 bytes)")
 
 
 def decode(kind: int, flags: int, body: bytes) -> Packet:
+    if kind == PUBLISH:
+        return _publish(flags, body)
     if kind == CONNECT:
         _flags(flags, 0, "CONNECT")
         return _connect(body)
-    if kind == PUBLISH:
-        return _publish(flags, body)
     if kind == PUBACK:
         _flags(flags, 0, "PUBACK")
         if len(body) != 2:
@@ -242,24 +252,33 @@ def _connect(body: bytes) -> Connect:
 
 
 def _publish(flags: int, body: bytes) -> Publish:
+    """Read without a `_Cursor` (this is every device write), with the same checks."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise ProtocolError("PUBLISH: QoS 3 does not exist")
     if qos == 2:
         raise ProtocolError("PUBLISH: QoS 2 is not supported (use QoS 0 or 1)")
-    cursor = _Cursor(body, "PUBLISH")
-    topic = cursor.text("the topic")
+    size = len(body)
+    topic_end = 2 + ((body[0] << 8) | body[1]) if size >= 2 else size + 1
+    start = topic_end + 2 if qos else topic_end
+    if start > size:
+        raise ProtocolError("PUBLISH: shorter than its fields")
+    try:
+        topic = body[2:topic_end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("PUBLISH: the topic is not UTF-8") from None
+    if "\x00" in topic:
+        raise ProtocolError("PUBLISH: the topic holds U+0000")
     if not topic or "+" in topic or "#" in topic:
         raise ProtocolError("PUBLISH: a topic name, not empty and without wildcards")
-    packet_id = cursor.u16() if qos else None
+    packet_id = ((body[topic_end] << 8) | body[topic_end + 1]) if qos else None
     if packet_id == 0:
         raise ProtocolError("PUBLISH: packet id 0")
     if qos == 0 and flags & 0x08:
         raise ProtocolError("PUBLISH: DUP set on QoS 0")
-    payload = cursor.rest
-    if len(payload) > MAX_VALUE_BYTES:
+    if size - start > MAX_VALUE_BYTES:
         raise ProtocolError(f"PUBLISH: a value of over {MAX_VALUE_BYTES} bytes")
-    return Publish(topic, payload, qos, bool(flags & 0x01), bool(flags & 0x08), packet_id)
+    return Publish(topic, body[start:], qos, bool(flags & 0x01), bool(flags & 0x08), packet_id)
 
 
 def _subscribe(body: bytes) -> Subscribe:

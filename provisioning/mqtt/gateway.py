@@ -25,7 +25,7 @@ import time
 from django.conf import settings
 
 from connector.models import MQTT_PROTOCOL, now_us
-from provisioning import connectors, longpoll, rules, services, values, wire
+from provisioning import connectors, longpoll, rules, services, wire
 from provisioning.answers import Answer, Pending
 from provisioning.host import device_host_connector
 from provisioning.jobs import STORED, Opened
@@ -212,6 +212,7 @@ class Session(asyncio.Protocol):
         "downlink_busy",
         "next_id",
         "tokens",
+        "publish_rate",
         "refilled",
         "reason",
         "opened",
@@ -244,7 +245,9 @@ class Session(asyncio.Protocol):
         self.dirty: set[str] = set()
         self.downlink_busy = False
         self.next_id = 0
-        self.tokens = float(settings.MQTT_PUBLISH_BURST)
+        # Read by every PUBLISH: (tokens per second, burst), as the settings were at connect.
+        self.publish_rate = (settings.MQTT_PUBLISH_RATE, settings.MQTT_PUBLISH_BURST)
+        self.tokens = float(self.publish_rate[1])
         self.refilled = time.monotonic()
         self.reason = ""
         self.opened = False  # the store opened the session: its end is to be stored
@@ -429,8 +432,8 @@ class Session(asyncio.Protocol):
         session handles nothing else (its queue fills and reading pauses), so a flooding
         device slows to the rate and loses nothing."""
         now = time.monotonic()
-        rate = settings.MQTT_PUBLISH_RATE
-        self.tokens = min(settings.MQTT_PUBLISH_BURST, self.tokens + (now - self.refilled) * rate)
+        rate, burst = self.publish_rate
+        self.tokens = min(burst, self.tokens + (now - self.refilled) * rate)
         self.refilled = now
         self.tokens -= 1
         return 0.0 if self.tokens >= 0 else -self.tokens / rate
@@ -717,11 +720,8 @@ class Session(asyncio.Protocol):
             return None
         if entry.resources_version != self.device.resources_version:
             self.device = self.device._replace(resources_version=entry.resources_version)
-        try:
-            values.split_write(entry.resources, pairs)
-        except wire.WireError:
-            return None
-        found = services.device_write(
+        return services.device_write_in_loop(
+            entry,
             self.device,
             pairs,
             self.ip,
@@ -729,7 +729,6 @@ class Session(asyncio.Protocol):
             protocol=device.PROTOCOL,
             connection_id=self.connection,
         )
-        return found if isinstance(found, Pending) else None
 
     def _stored(self, job) -> None:
         """After a commit: what the session knows of its device's row and values."""

@@ -20,7 +20,7 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
@@ -147,8 +147,7 @@ class Credentials:
             return self._context
 
 
-@dataclass
-class Received:
+class Received(NamedTuple):
     """What bytes from the network gave: plaintext for the application, bytes to send back,
     whether the peer closed the TLS session."""
 
@@ -194,6 +193,11 @@ class _Records:
                 return b"".join(plain), True
             self.fail(error)
 
+    def feed(self, conn: SSL.Connection, data: bytes) -> None:
+        """Bytes from the network into the connection's memory BIO, which takes them all."""
+        if data and self.lib.BIO_write(conn._into_ssl, data, len(data)) <= 0:
+            raise TLSError("the connection broke during TLS")
+
     def encrypt(self, conn: SSL.Connection, data: bytes) -> None:
         if not data:
             return
@@ -235,7 +239,7 @@ class TLSServerConnection:
     def receive(self, data: bytes) -> Received:
         """Feed bytes read from the socket. Raises TLSError when the session is broken."""
         conn = self.conn
-        conn.bio_write(data)
+        _records.feed(conn, data)
         if not self.handshaken:
             try:
                 conn.do_handshake()
