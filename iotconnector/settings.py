@@ -193,6 +193,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # (provisioning.auth.execute_prepared); a threshold nothing else reaches lets them be
     # prepared while Django's own (client-side) queries stay as they are.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 2**31 - 1)
+    # No JIT: PostgreSQL compiles a plan whose estimated cost passes jit_above_cost, and the
+    # store's one-statement batches pass it once their tables hold a few hundred thousand
+    # rows (the estimates of JSON-fed rows are generous): the compile, about 40 ms, then
+    # came before every batch of a few dozen writes that runs in 3. Nothing here runs long
+    # enough for compiled code to pay that back. A DATABASE_URL's own `options` wins.
+    DATABASES["default"]["OPTIONS"].setdefault("options", "-c jit=off")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {

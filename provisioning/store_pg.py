@@ -138,10 +138,16 @@ def _write_sql() -> str:
         f" UNION ALL SELECT job.*, {columns} FROM job"
         f" CROSS JOIN LATERAL (SELECT {columns}, d.connector_id FROM {device} d"
         " WHERE d.id = job.device_id LIMIT 1) d WHERE d.connector_id = job.connector_id), "
+        # The connector and last-seen rows by key, one lookup per job: planned again for a
+        # grown table (connector.sql.PLAN_MAX_AGE), that is an index probe, where a join
+        # left to the plan went on scanning the whole table once per batch.
         "dev AS (SELECT DISTINCT ON (found.n) found.*,"
         " c.devmode, c.resources_version, c.events_enabled, a.last_ip, a.last_seen"
-        f" FROM found JOIN {conn} c ON c.id = found.connector_id"
-        f" LEFT JOIN {activity} a ON a.device_id = found.id ORDER BY found.n), "
+        " FROM found CROSS JOIN LATERAL (SELECT c.devmode, c.resources_version,"
+        f" c.events_enabled FROM {conn} c WHERE c.id = found.connector_id LIMIT 1) c"
+        " LEFT JOIN LATERAL (SELECT a.last_ip, a.last_seen"
+        f" FROM {activity} a WHERE a.device_id = found.id LIMIT 1) a ON true"
+        " ORDER BY found.n), "
         f"ok AS MATERIALIZED (SELECT * FROM dev WHERE {allowed}"
         " AND dev.resources_version = dev.version), "
         f'stored AS (INSERT INTO {value} (device_id, alias, reported, "set", timestamp)'
