@@ -308,6 +308,33 @@ def test_a_newer_connection_closes_the_older(mqtt_connector, make_device):
     second.publish("$resource/temp", "5")
 
 
+def test_a_newer_connection_whose_open_fails_leaves_the_older_connected(
+    mqtt_connector, make_device, monkeypatch
+):
+    """The older session is closed only once the newer one's open is stored: when the
+    store's batch fails (CONNACK 3), the device stays connected as it was."""
+    from django.db import DatabaseError
+
+    from provisioning import store
+
+    device_services.whitelist_device(mqtt_connector, "00000024")
+    token = provision(make_device, "00000024")
+    first = make_device()
+    assert first.connect("", token) == codec.ACCEPTED
+    first.client.reconnect_delay_set(60, 60)
+
+    def fails(jobs):
+        raise DatabaseError("the database is away")
+
+    monkeypatch.setattr(store, "_sessions", fails)
+    second = make_device()
+    second.client.reconnect_delay_set(60, 60)
+    assert second.connect("", token) == codec.REFUSED_UNAVAILABLE
+    assert not first.closed.wait(0.5)
+    first.publish("$resource/temp", "6")  # acknowledged after its commit
+    assert AliasValue.objects.get(alias="temp").reported == "6"
+
+
 def self_signed(identity: str, folder: Path) -> tuple[str, str]:
     """The tutorial's `openssl req -x509` device certificate."""
     key = ec.generate_private_key(ec.SECP256R1())

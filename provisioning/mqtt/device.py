@@ -171,7 +171,6 @@ read_set_values = _fresh(set_values)
 
 
 @_fresh
-@_fresh
 def still_allowed(connector_id: str, devices: list[DeviceRow]) -> set[int]:
     """Of these sessions' devices, those that may still be connected: the connector still
     takes MQTT, and each device is there, unchanged in state and credential, and allowed

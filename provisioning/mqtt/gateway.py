@@ -147,10 +147,14 @@ class Gateway:
                 session.close("the device or its connector changed: it may not stay connected")
 
     def attach(self, session: Session) -> None:
-        sessions = self.by_device.setdefault(session.device.id, set())
-        for other in list(sessions):
-            other.close("a newer connection of the device")
-        sessions.add(session)
+        """The session among its device's: woken by its set values from now on."""
+        self.by_device.setdefault(session.device.id, set()).add(session)
+
+    def take_over(self, session: Session) -> None:
+        """The session's open is stored: the device's older sessions here are closed."""
+        for other in list(self.by_device.get(session.device.id, ())):
+            if other is not session:
+                other.close("a newer connection of the device")
 
     def detach(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -531,7 +535,8 @@ class Session(asyncio.Protocol):
         opened = None
         if found.job is not None:
             # Attached before the session is stored, so that a set value stored meanwhile
-            # wakes it (`woken` while AUTHENTICATING) and is not missed.
+            # wakes it (`woken` while AUTHENTICATING) and is not missed; the device's older
+            # sessions are closed only once it is.
             self.device = found.device
             gateway.attach(self)
             opened = await gateway.front.store(found.job)
@@ -543,6 +548,7 @@ class Session(asyncio.Protocol):
                 return
             else:
                 self.opened = True
+                gateway.take_over(self)  # not before: a failed open leaves the older one
         self.send(codec.encode_connack(found.code))
         if found.code != codec.ACCEPTED:
             self.close(f"CONNACK {found.code}")
