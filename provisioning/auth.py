@@ -146,8 +146,13 @@ def writers(jobs) -> dict[tuple, DeviceRow]:
             device = DeviceRow(*row)
             found[(device.connector_id, "id", device.id)] = device
     if hashes:
-        where = token_where(len(hashes))
-        params = [DeviceAuthType.TOKEN, *hashes]
+        # The connectors too, although each row's is checked: the index is on (connector,
+        # secret hash), and without its first column SQLite scanned the whole index, every
+        # token device of every connector, for each batch.
+        named = list({job.connector_id for job in jobs if job.hashes})
+        where = f"d.connector_id IN ({', '.join(['%s'] * len(named))}) AND "
+        where += token_where(len(hashes))
+        params = [*named, DeviceAuthType.TOKEN, *hashes]
         rows = run_packed(lookup_sql(where, any_connector=True), params, DeviceRow._fields)
         for row in rows:
             device = DeviceRow(*row)

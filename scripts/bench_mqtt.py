@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import ROOT, backend_options, cpu_seconds, each_backend, seed, start
+from benchlib import ROOT, TICK_S, backend_options, cpu_seconds, each_backend, seed, start
 
 sys.path.insert(0, str(ROOT))
 
@@ -305,7 +305,13 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> dict:
                 host, args.mqtt_port, context, tokens[: args.devices], 200
             )
             live = [c for c in clients if c]
+            threads, started = thread_cpu(worker), time.perf_counter()
             results["publish"] = await mqtt_publishes(live, args.seconds)
+            elapsed = time.perf_counter() - started
+            after = thread_cpu(worker)
+            loop_cpu = (after.pop(worker, 0) - threads.pop(worker, 0)) / elapsed
+            rest = (sum(after.values()) - sum(threads.get(t, 0) for t in after)) / elapsed
+            results["publish_threads"] = (loop_cpu, rest)
             if args.window > 1:
                 results["window"] = await mqtt_publishes(live, args.seconds, args.window)
             for c in live:
@@ -368,6 +374,18 @@ def run_backend(name: str, database_url: str, data_dir: str, args) -> dict:
     return results
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of the process (the loop's is the one id'd `pid`)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) * TICK_S
+    return found
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -386,6 +404,8 @@ def report(name: str, r: dict) -> None:
     print(f"\n{name}")
     print(f"  http token writes     {r['http']:8.0f}/s   (reference)")
     print(f"  mqtt QoS 1 publishes  {r['publish']:8.0f}/s   {r['publish'] / r['http']:.2f}x http")
+    loop_cpu, rest = r["publish_threads"]
+    print(f"{'':24}server CPU: loop thread {loop_cpu:.2f} cores, the others {rest:.2f}")
     if "window" in r:
         w = r["window"]
         print(f"  … {r['window_size']} in flight  {w:8.0f}/s   {w / r['http']:.2f}x http")

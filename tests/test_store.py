@@ -240,6 +240,34 @@ def test_the_batch_lookup_read_in_one_step_gives_the_rows_a_plain_read_gives(lin
     assert run_packed(sql, [-1] * len(ids), auth.DeviceRow._fields) == []
 
 
+def test_a_write_batch_finds_its_devices_by_connector_and_token_in_the_index(line):
+    """Regression: a batch's lookup by token hashes alone could not seek the (connector,
+    secret hash) index, and SQLite scanned all of it (every token device of every
+    connector) for each batch: writes slowed as activations added tokens."""
+    from connector import sql
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's planner: PostgreSQL's statement names the connector per job")
+    connector, tokens = line
+    jobs = [job_for(connector, token, [("temp", "1")]) for token in tokens.values()]
+    statements = []
+    original = sql.run
+
+    def plan_of(text, params, **kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN QUERY PLAN " + text, params)
+            statements.append(" ".join(str(row) for row in cursor.fetchall()))
+        return original(text, params, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sql, "run", plan_of)
+        found = auth.writers(jobs)
+    assert len(found) == len(tokens)
+    seek = "SEARCH d USING INDEX device_secret (connector_id=? AND secret_hash=?)"
+    assert any(seek in plan for plan in statements)
+    assert not any("SCAN d" in plan for plan in statements)
+
+
 def test_a_write_the_statement_refuses_stores_nothing_and_the_others_are_stored(line):
     connector, tokens = line
     Device.objects.filter(identity="dev-1").update(locked=True)
