@@ -40,25 +40,36 @@ def live(live_server, transactional_db):
     port = urlsplit(live_server.url).port
     session = requests.Session()
     session.auth = (user.email, PASSWORD)
-    return {
+    found = {
         "connector": connector,
         "api": f"{live_server.url}/api:1/service/{connector.id}/content/item",
         "device": f"http://{connector.id}.localhost:{port}",
         "token": answer.content.decode(),
         "session": session,
+        "downloads": 0,  # files device_get was sent
     }
+    yield found
+    # The server logs a download once it has sent it, after the client has it all: let it
+    # finish before the database is emptied (a flush beside it deadlocked on PostgreSQL).
+    deadline = time.monotonic() + 5
+    logged = Event.objects.filter(type=EventType.CONTENT_IN)
+    while logged.count() < found["downloads"] and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def device_get(live, query: str, **kwargs) -> requests.Response:
     """A device call: to 127.0.0.1 with the connector's host name (no resolver needed)."""
     url = urlsplit(live["device"])
     headers = {"Host": url.netloc, "X-Exosite-CIK": live["token"], **kwargs.pop("headers", {})}
-    return requests.get(
+    response = requests.get(
         f"http://127.0.0.1:{url.port}/provision/download?{query}",
         headers=headers,
         timeout=30,
         **kwargs,
     )
+    if response.status_code in (200, 206):  # a file sent, which the server then logs
+        live["downloads"] += 1
+    return response
 
 
 def put(live, name: str, data: bytes, **query) -> dict:
